@@ -1,0 +1,55 @@
+# llmforge: every target sets up what it needs (venv and Go-built binaries live in $(LLMFORGE_CACHE)).
+SHELL := /bin/bash
+LLMFORGE_CACHE ?= $(HOME)/.cache/llmforge
+VENV ?= $(LLMFORGE_CACHE)/venv
+PY := $(VENV)/bin/python
+export LLMFORGE_CACHE
+export HF_HUB_OFFLINE := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export HF_HOME := $(LLMFORGE_CACHE)/hf
+
+.PHONY: setup setup-python setup-k8s test test-unit test-k8s test-ml test-vllm crds lint demo cluster-up cluster-down bench
+
+setup: setup-python setup-k8s
+
+setup-python:
+	@bash scripts/setup-python.sh
+
+setup-k8s:
+	@bash scripts/build-k8s.sh
+
+# All tiers. pytest's exit 5 (nothing collected) is a failure here, as it is any non-zero code.
+test: setup
+	@$(PY) -m pytest -p no:cacheprovider -q
+
+test-unit: setup-python
+	@$(PY) -m pytest -q -m "not k8s and not ml and not vllm"
+
+test-k8s: setup
+	@$(PY) -m pytest -q -m k8s
+
+test-ml: setup-python
+	@$(PY) -m pytest -q -m ml
+
+test-vllm: setup-python
+	@$(PY) -m pytest -q -m vllm
+
+crds: setup-python
+	@$(PY) -m llmforge.cli.main crds --out crds
+
+lint: setup-python
+	@$(PY) -m ruff check operator trainer-image server-image tests bench
+	@$(VENV)/bin/hadolint operator/Dockerfile trainer-image/Dockerfile server-image/Dockerfile
+	@$(VENV)/bin/lint-imports
+
+cluster-up: setup
+	@$(PY) -m llmforge.cli.main dev cluster up
+
+cluster-down: setup-python
+	@$(PY) -m llmforge.cli.main dev cluster down
+
+demo: setup
+	@echo "make demo: not yet — the end-to-end demo lands with issue 7 (see README)."
+
+bench: setup
+	@$(PY) bench/train_throughput.py
