@@ -17,6 +17,7 @@ scheduler, RNG and data position included, by transformers). Output: ``adapter/`
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -226,7 +227,8 @@ def _callbacks():
                 log.warning("checkpoint: %s was not written; nothing to publish", local)
                 return
             t0 = time.time()
-            uri = storage.publish_checkpoint(local, at.spec.output.uri, step)
+            uri = storage.publish_checkpoint(local, at.spec.output.uri, step,
+                                             extra={"mlflow_run_id": at.tracker.run_id})
             storage.prune_checkpoints(at.spec.output.uri, at.spec.checkpoint.keep)
             at.checkpoint = (step, uri)
             at.checkpoints_published.append(step)
@@ -421,12 +423,30 @@ def execute(at: Attempt) -> None:
         trainer.save_model(str(adapter_dir))
         tokenizer.save_pretrained(str(adapter_dir))
         (adapter_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; consumers need none of it
+        (adapter_dir / ADAPTER_INFO).write_text(json.dumps(adapter_info(spec, described, at), indent=2) + "\n")
         adapter_uri = storage.join(spec.output.uri, "adapter")
         storage.upload_dir(adapter_dir, adapter_uri)
         at.outputs["adapter_uri"] = adapter_uri
     if spec.output.merge:
         with _timed(at, "merge_seconds"):
             at.outputs["merged_uri"] = merge(path, spec, adapter_dir, scratch / "merged", tokenizer)
+
+
+ADAPTER_INFO = "llmforge_adapter.json"
+
+
+def adapter_info(spec: Any, described: str, at: Attempt) -> dict[str, Any]:
+    """What the adapter was trained against (peft's adapter_config.json does not record the quantisation)."""
+    q = spec.quantization
+    return {
+        "base_model": described, "base_model_revision": spec.base_model.revision, "method": spec.method,
+        "quantization": ({"bits": q.bits, "type": q.type, "double_quant": q.double_quant,
+                          "compute_dtype": q.compute_dtype} if spec.method == "qlora" else None),
+        "lora": {"r": spec.lora.r, "alpha": spec.lora.alpha, "dropout": spec.lora.dropout,
+                 "target_modules": spec.lora.target_modules},
+        "steps": at.step, "job": {k: at.job.metadata.get(k) for k in ("namespace", "name", "uid")},
+        "mlflow_run_id": at.tracker.run_id,
+    }
 
 
 def merge(base_path: str, spec: Any, adapter_dir: Path, out_dir: Path, tokenizer: Any) -> str:
