@@ -173,9 +173,13 @@ def test_tracker_outage_mid_run_is_counted_and_cooled_down():
         tr.start(resume=False)
         assert not tr.active and tr.errors == 1 and "start" in tr.lost
         tr.run_id, tr.experiment_id = "fake-run", "0"  # as if the server died after the run was created
+        for step in range(5):  # during the cool-down: skipped at once, but counted as lost
+            tr.log_metrics({"loss": 1.0}, step)
+        assert tr.errors == 1 and tr.lost["log_metrics"] == 5
+        tr._skip_until = 0  # cool-down over: the next call tries (and fails) once, then skips again
         for step in range(5):
             tr.log_metrics({"loss": 1.0}, step)
-        assert tr.errors == 2 and tr.lost["log_metrics"] == 5
+        assert tr.errors == 2 and tr.lost["log_metrics"] == 10
         out = tr.outage()
         assert out["errors"] == 2 and out["first_error"]
     finally:
