@@ -62,8 +62,10 @@ def test_children_do_not_relaunch():
 
 
 def test_override_for_cpu_processes_and_fewer_visible_gpus():
-    p = launch.plan_launch(spec("cpu"), ARGV, env={}, gpus_visible=0, nproc_override=2)
+    p = launch.plan_launch(spec("cpu"), [*ARGV, "--nproc", "2", "--nproc=2"], env={}, gpus_visible=0,
+                           nproc_override=2)
     assert (p.strategy, p.nproc) == ("ddp", 2) and p.argv[0] == sys.executable and "gloo" in p.reason
+    assert p.argv[-2:] == ARGV  # --nproc is not passed on
     p = launch.plan_launch(spec(count=8), ARGV, env={}, gpus_visible=2, gpu_gib=80.0, params_billions=8.0)
     assert p.nproc == 2 and "8 GPUs requested but 2 visible" in p.reason
 
