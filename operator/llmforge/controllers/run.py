@@ -1,0 +1,42 @@
+"""Start the operator: kopf with our settings, a liveness endpoint and the Prometheus endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import kopf
+from prometheus_client import start_http_server
+
+from ..settings import Settings
+
+SETTINGS: Settings = Settings()
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, **_: object) -> None:
+    # Our own field manager and finalizer names; no annotations-based diff storage noise on children.
+    settings.persistence.finalizer = "llmforge.dev/finalizer"
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="llmforge.dev", key="last-handled-configuration")
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+
+
+def run_operator(settings: Settings) -> int:
+    """Blocking: run until interrupted. Returns an exit code."""
+    global SETTINGS
+    SETTINGS = settings
+    from . import handlers
+
+    handlers.register()
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    namespaces = settings.namespaces
+    asyncio.run(kopf.operator(
+        clusterwide=not namespaces, namespaces=namespaces or None, liveness_endpoint=settings.liveness,
+        standalone=True,
+    ))
+    return 0
