@@ -138,8 +138,9 @@ def test_full_status_round_trips_unpruned(k8s_cluster, k8s_namespace, crds, kind
 
 
 def _kubectl(k8s_cluster, *args):
-    kubectl = Path(k8s_cluster.local.assets_dir) / "kubectl" if hasattr(k8s_cluster.local, "assets_dir") else None
-    exe = str(kubectl) if kubectl and kubectl.exists() else "kubectl"
+    from llmforge.devcluster.assets import find
+
+    exe = str(find("kubectl"))  # the Go-built v1.34 kubectl, never an older one on PATH
     env = {**os.environ, "KUBECONFIG": k8s_cluster.kubeconfig}
     return subprocess.run([exe, *args], capture_output=True, text=True, env=env, timeout=60)
 
