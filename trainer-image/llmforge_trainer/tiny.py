@@ -151,6 +151,16 @@ def _train_tokenizer(corpus: list[str], vocab_size: int):
     return fast
 
 
+def build_tiny_tokenizer(seed: int = 0):
+    """The tiny model's tokenizer alone (no torch needed): byte-level BPE, vocab 512, ChatML, chat template.
+
+    Trained on the pre-training corpus and the fine-tuning text, so the task words are single tokens.
+    """
+    corpus = _pretrain_texts(random.Random(seed), 4000)
+    task_text = [f"{s} {q} {a}" for s, q, a in make_qa_pairs(seed)]
+    return _train_tokenizer(corpus + task_text, vocab_size=512)
+
+
 def _meta(hidden_size: int, pretrain_steps: int, seed: int) -> dict:
     return {"recipe": RECIPE_VERSION, "hidden_size": hidden_size, "pretrain_steps": pretrain_steps, "seed": seed}
 
@@ -179,9 +189,7 @@ def build_tiny_model(out_dir: str | os.PathLike, hidden_size: int = 128, pretrai
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     corpus = _pretrain_texts(rng, 4000)
-    # Train the tokenizer on the fine-tuning text too, so the task words are single tokens.
-    task_text = [f"{s} {q} {a}" for s, q, a in make_qa_pairs(seed)]
-    tokenizer = _train_tokenizer(corpus + task_text, vocab_size=512)
+    tokenizer = build_tiny_tokenizer(seed)
 
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
