@@ -17,7 +17,8 @@ SETTINGS: Settings = Settings()
 async def configure(settings: kopf.OperatorSettings, **_: object) -> None:
     # Our own field manager and finalizer names; no annotations-based diff storage noise on children.
     settings.persistence.finalizer = "llmforge.dev/finalizer"
-    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf")
+    # Annotations, not status.kopf: our structural status schema would prune an undeclared field.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="llmforge.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="llmforge.dev", key="last-handled-configuration")
     settings.posting.level = logging.WARNING
