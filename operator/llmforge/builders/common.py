@@ -65,6 +65,10 @@ def placement(accelerator: str, count: int, spot: bool) -> dict[str, Any]:
         selector[SPOT_LABEL] = "true"
         tolerations.append({"key": SPOT_LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"})
     out: dict[str, Any] = {}
+    if not spot and accelerator != "cpu":
+        # On-demand means on-demand: keep off spot nodes, or the job is preempted and billed at the wrong rate.
+        out["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": SPOT_LABEL, "operator": "NotIn", "values": ["true"]}]}]}}}
     if selector:
         out["nodeSelector"] = selector
     if tolerations:

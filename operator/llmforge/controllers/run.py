@@ -36,8 +36,9 @@ def run_operator(settings: Settings) -> int:
         start_http_server(settings.metrics_port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     namespaces = settings.namespaces
+    # kopf 1.45 iterates `namespaces` even when cluster-wide: pass an empty list, never None.
     asyncio.run(kopf.operator(
-        clusterwide=not namespaces, namespaces=namespaces or None, liveness_endpoint=settings.liveness,
+        clusterwide=not namespaces, namespaces=namespaces or [], liveness_endpoint=settings.liveness,
         standalone=True,
     ))
     return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -131,7 +131,10 @@ def attempt_of(pod: dict[str, Any]) -> dict[str, Any]:
     if not end and start and status.get("phase") in ("Succeeded", "Failed"):
         end = _last_transition(pod) or meta.get("deletionTimestamp")
     if not end and start and meta.get("deletionTimestamp"):
-        end = meta["deletionTimestamp"]
+        # deletionTimestamp is when the grace period ends; the pod was told to stop grace seconds earlier.
+        deleted = parse_time(meta["deletionTimestamp"])
+        grace = meta.get("deletionGracePeriodSeconds") or 0
+        end = fmt_time(deleted - timedelta(seconds=grace)) if deleted else None
     out: dict[str, Any] = {"pod": meta.get("name", ""), "uid": meta.get("uid", "")}
     if pod.get("spec", {}).get("nodeName"):
         out["node"] = pod["spec"]["nodeName"]
