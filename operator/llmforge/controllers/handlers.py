@@ -20,6 +20,9 @@ def register() -> None:
     """Register create/update/resume handlers for every kind (idempotent per kopf registry)."""
     for kind, plural in KINDS.items():
         _register_kind(kind, plural)
+    from . import modeldeployment, run
+
+    modeldeployment.register(run.SETTINGS)
 
 
 def _register_kind(kind: str, plural: str) -> None:
