@@ -95,8 +95,9 @@ class Decision:
 
 
 def start(rev: str, initial_weight: int, policy: Policy, now: float) -> State:
-    """At the spec's weight; the step is the highest one already reached by that weight."""
-    step = max((i for i, w in enumerate(policy.steps) if w <= initial_weight), default=-1)
+    """At the spec's weight; the step is the highest one already reached by that weight. Step 100 is never
+    reached by the start: promotion always takes a gated advance."""
+    step = max((i for i, w in enumerate(policy.steps) if w <= initial_weight and w < 100), default=-1)
     return State(rev, step, initial_weight, now)
 
 
@@ -122,7 +123,9 @@ def decide(state: State | None, *, rev: str, initial_weight: int, policy: Policy
                         None if state is None else state.weight)
     if state.phase != "Progressing":
         return Decision(state, "Done", f"canary {state.phase}")
-    why = breach(sample, policy) if state.weight > 0 else None
+    # Judged at any weight: at 0% header-pinned requests still reach the canary, and bad numbers there
+    # must not be advanced on.
+    why = breach(sample, policy)
     if why:
         return Decision(replace(state, weight=0, phase="RolledBack", step_started_at=now), "RolledBack", why,
                         state.weight)
