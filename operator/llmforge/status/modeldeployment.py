@@ -110,7 +110,7 @@ def variant_status(v: ObservedVariant, cost: CostInputs) -> dict[str, Any]:
         out["tokensPerSecond"] = round(v.tokens_per_second, 3)
         usd_per_hour = int(st.get("replicas") or 0) * cost.gpus_per_replica * cost.rate_per_gpu_hour
         if v.tokens_per_second > 0:
-            out["costPer1kTokens"] = round(usd_per_hour / (v.tokens_per_second * 3.6), 6)
+            out["costPer1kTokens"] = float(f"{usd_per_hour / (v.tokens_per_second * 3.6):.6g}")
     return out
 
 
