@@ -23,11 +23,20 @@ class Api:
                  verify: bool = True):
         self.server = server.rstrip("/")
         self.token = token
-        if not verify:
-            # Component health ports (scheduler, controller-manager) serve in-memory self-signed certs.
-            self.ctx = ssl._create_unverified_context()
-        else:
-            self.ctx = ssl.create_default_context(cafile=ca_file)
+        self.ca_file = ca_file
+        self.verify = verify
+        self._ctx: ssl.SSLContext | None = None
+
+    @property
+    def ctx(self) -> ssl.SSLContext:
+        # Built on first use: the apiserver writes its self-signed CA only once it starts serving.
+        if self._ctx is None:
+            if self.verify:
+                self._ctx = ssl.create_default_context(cafile=self.ca_file)
+            else:
+                # Scheduler and controller-manager health ports serve in-memory self-signed certs.
+                self._ctx = ssl._create_unverified_context()
+        return self._ctx
 
     def request(self, method: str, path: str, body: dict | None = None, timeout: float = 10) -> tuple[int, str]:
         data = json.dumps(body).encode() if body is not None else None
