@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from llmforge.api import contract
 
+from llmforge.api import contract
 from tests.trainer.test_resume import launch, steps
 from tests.trainer.test_train_e2e import qlora_job
 
 pytestmark = pytest.mark.ml
 
 
-def test_two_process_ddp_gloo_run(tiny_model_dir, tiny_data_dir, ml_env, tmp_path, monkeypatch):
+def test_two_process_ddp_gloo_run(tiny_model_dir, tiny_data_dir, ml_env, tmp_path):
     out = tmp_path / "out"
     doc = qlora_job(tiny_model_dir, tiny_data_dir, str(out), maxSteps=4, loggingSteps=1, batchSize=4,
                     maxSeqLength=128, evalSteps=4)

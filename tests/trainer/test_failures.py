@@ -13,15 +13,16 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from llmforge.api import contract
 from llmforge.api.finetunejob import FineTuneJob
 from llmforge_trainer.tracking import Tracker
-
 from tests.trainer.test_train_e2e import qlora_job
 
 
 def _run(doc: dict, work: Path, callbacks=()):
     import torch
+
     from llmforge_trainer.train import RunOptions, run
 
     threads = torch.get_num_threads()

@@ -7,6 +7,7 @@ import sys
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from llmforge.api.finetunejob import FineTuneJob
 from llmforge_trainer import launch
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from llmforge.api import contract
 from llmforge_trainer import storage
 from llmforge_trainer.tiny import make_records
-
 from tests.trainer.test_train_e2e import qlora_job
 
 pytestmark = pytest.mark.ml

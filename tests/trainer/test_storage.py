@@ -7,6 +7,7 @@ import json
 import uuid
 
 import pytest
+
 from llmforge_trainer import storage
 from llmforge_trainer.errors import TrainError
 

@@ -16,10 +16,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from llmforge.api import contract
 from llmforge.api.finetunejob import FineTuneJob
 from llmforge_trainer import storage
-
 from tests.fixtures.services import free_port
 
 pytestmark = pytest.mark.ml
@@ -115,6 +115,7 @@ class Spy:
 @pytest.fixture(scope="module")
 def qlora_run(tiny_model_dir, tiny_data_dir, mlflow_server, tmp_path_factory):
     import torch
+
     from llmforge_trainer.train import RunOptions, run
 
     root = tmp_path_factory.mktemp("e2e")
@@ -225,8 +226,9 @@ def _completion_nll(model, tokenizer, rows) -> float:
 
 def test_loss_and_perplexity_decrease(qlora_run):
     import torch
-    from llmforge_trainer import data
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmforge_trainer import data
 
     hist = [h for h in qlora_run["report"]["history"] if "loss" in h]
     assert hist[-1]["loss"] < hist[0]["loss"]
