@@ -178,12 +178,15 @@ def test_base_weights_unchanged_and_adapter_trained(qlora_run):
 def test_gradient_accumulation_delays_updates(qlora_run):
     # Property 10: the adapter changes only at optimizer steps, never after an accumulation micro-step
     # (the last micro-batch of an epoch flushes early, so a step may follow fewer than N-1 micro-steps)
-    spy = qlora_run["spy"]
+    spy, params = qlora_run["spy"], qlora_run["report"]["params"]
+    # packing without flash-attention: 1 packed sequence per micro-batch, accumulation x batchSize (4)
+    accum = params["sft.gradient_accumulation_steps"]
+    assert (params["sft.per_device_train_batch_size"], accum) == (1, GRAD_ACCUM * 4)
     assert spy.substep_changes and not any(spy.substep_changes)
     assert len(spy.step_changes) == MAX_STEPS and all(spy.step_changes)
-    assert set(spy.substeps_before_step) <= set(range(GRAD_ACCUM))
+    assert set(spy.substeps_before_step) <= set(range(accum))
     epochs = math.ceil(qlora_run["report"]["history"][-1]["epoch"])
-    assert spy.substeps_before_step.count(GRAD_ACCUM - 1) >= MAX_STEPS - epochs
+    assert spy.substeps_before_step.count(accum - 1) >= MAX_STEPS - epochs
 
 
 def test_adapter_files_hold_only_adapter_weights_and_quant_config(qlora_run):
