@@ -32,7 +32,7 @@ GRAD_ACCUM = 2
 def qlora_job(model_dir: Path, data_dir: Path, out_uri: str, tracking_uri: str | None = None, **training) -> dict:
     """A FineTuneJob manifest for the tiny model (shared by the trainer tests)."""
     t = {"maxSteps": MAX_STEPS, "batchSize": 8, "gradientAccumulationSteps": 1, "learningRate": 0.002,
-         "loggingSteps": LOGGING_STEPS, "maxSeqLength": 256, "evalSteps": 6, "warmupRatio": 0.0, "seed": 7}
+         "loggingSteps": LOGGING_STEPS, "maxSeqLength": 256, "evalSteps": 4, "warmupRatio": 0.0, "seed": 7}
     t.update(training)
     doc = {
         "apiVersion": "llmforge.dev/v1alpha1", "kind": "FineTuneJob",
@@ -67,6 +67,8 @@ class Spy:
         self.substeps_before_step: list[int] = []
         self._subs = 0
         self.scrapes: list[str] = []
+        self.repacked_at: list[int] = []
+        self.linear4bit: list = []
 
     @staticmethod
     def _base_state(model) -> dict[str, bytes]:
@@ -82,10 +84,15 @@ class Spy:
         self.base_before = self._base_state(model)
         for name, mod in model.named_modules():
             if isinstance(mod, bnb.nn.Linear4bit):
+                self.linear4bit.append(mod)
                 qs = mod.weight.quant_state
                 self.layers.append((name, type(mod.weight).__name__, qs.quant_type, bool(qs.nested)))
         self.lora_name = next(n for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n)
         self.lora_prev = self._lora(model)
+
+    def on_step_begin(self, args, state, control, **kw):
+        if any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in self.linear4bit):
+            self.repacked_at.append(state.global_step)
 
     def on_substep_end(self, args, state, control, model=None, **kw):
         now = self._lora(model)
@@ -173,6 +180,14 @@ def test_base_weights_unchanged_and_adapter_trained(qlora_run):
     assert any(".base_layer." in k for k in before)
     assert [k for k in before if before[k] != after[k]] == []
     assert any(spy.step_changes)
+
+
+def test_4bit_layers_stay_trainable_after_mid_run_evaluation(qlora_run):
+    # bitsandbytes 0.50 on AVX512-BF16 CPUs repacks 4-bit weights for inference during eval (no autograd after);
+    # evaluations at steps 4 and 8 are not followed by a checkpoint save that would undo it.
+    spy = qlora_run["spy"]
+    assert [h["step"] for h in qlora_run["report"]["history"] if "eval_loss" in h] == [4, 8, 12]
+    assert spy.linear4bit and spy.repacked_at == []
 
 
 def test_gradient_accumulation_delays_updates(qlora_run):
