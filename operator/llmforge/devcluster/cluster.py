@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from . import assets
-from .apiclient import Api
+from .apiclient import Api, ApiError
 from .nodes import default_nodes
 from .process import Proc, spawn, stop_all
 
@@ -65,7 +65,11 @@ class LocalCluster:
         self.stop()
 
     def start(self) -> LocalCluster:
-        bins = assets.ensure_assets(assets.CONTROL_PLANE, build=self.build)
+        try:
+            bins = assets.ensure_assets(assets.CONTROL_PLANE, build=self.build)
+        except BaseException:
+            self.stop()  # nothing started yet; just drop our temp dir
+            raise
         self.work_dir.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.timeout
         try:
@@ -183,8 +187,11 @@ class LocalCluster:
             dead = [p.name for p in self.procs if not p.alive()]
             if dead:
                 raise ClusterStartError(f"{', '.join(dead)} exited while waiting for {what}")
-            if check():
-                return
+            try:
+                if check():
+                    return
+            except (OSError, ApiError):
+                pass  # a refused connection or a 5xx while starting means "not yet"
             time.sleep(0.25)
         raise ClusterStartError(f"timed out after {self.timeout:.0f}s waiting for {what}")
 
