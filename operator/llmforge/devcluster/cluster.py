@@ -43,6 +43,10 @@ def free_port() -> int:
 
 
 class LocalCluster:
+    """`work_dir` defaults to a temp dir removed on stop (kept, with logs, if start-up fails).
+    `die_with_parent` makes the kernel kill every component when the thread that started them
+    exits, so start it from the main thread (or pass False and call stop() yourself)."""
+
     def __init__(self, work_dir: str | Path | None = None, nodes: list[dict] | None = None,
                  build: bool = False, die_with_parent: bool = True, timeout: float = 240.0):
         self._own_dir = work_dir is None
