@@ -50,13 +50,18 @@ class Settings:
         return OTHER_MODEL
 
 
+#: requested_model's answer for a body it cannot read (not JSON, not an object, or too large to keep).
+UNREADABLE = object()
+
+
 def requested_model(body: bytes) -> object:
-    """The ``model`` field of a JSON request body, or None when absent or unreadable."""
+    """The ``model`` field of a JSON request body: None when absent (vLLM's default model), UNREADABLE when
+    the body is not a JSON object (labelled ``other``)."""
     try:
         data = json.loads(body)
     except ValueError:
-        return None
-    return data.get("model") if isinstance(data, dict) else None
+        return UNREADABLE
+    return data.get("model") if isinstance(data, dict) else UNREADABLE
 
 
 def usage_counts(usage: object) -> tuple[int, int] | None:

@@ -30,6 +30,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from .cost import FairShareMeter
 from .metering import (
     METERED_PATHS,
+    UNREADABLE,
     Settings,
     SseTail,
     parse_json_body,
@@ -202,7 +203,8 @@ class UsageMiddleware:
             m.busy.labels(variant).inc(busy - shared.busy_reported)
             shared.busy_reported = busy
 
-        model = settings.model_label(requested_model(b"".join(ex.body)) if ex.body else None)
+        readable = ex.body and ex.body_size <= MAX_BODY_BYTES
+        model = settings.model_label(requested_model(b"".join(ex.body)) if readable else UNREADABLE)
         children = shared.children.get(model)
         if children is None:
             children = shared.children[model] = tuple(

@@ -7,6 +7,7 @@ import json
 import pytest
 from llmforge.api.serving import OTHER_MODEL
 from llmforge_server.metering import (
+    UNREADABLE,
     Settings,
     SseTail,
     requested_model,
@@ -47,8 +48,11 @@ def test_model_label_is_bounded():
 def test_requested_model():
     assert requested_model(b'{"model": "support", "prompt": "x"}') == "support"
     assert requested_model(b'{"prompt": "the \\"model\\": \\"x\\""}') is None
-    assert requested_model(b"not json") is None
-    assert requested_model(b"[1]") is None
+    assert requested_model(b'{"prompt": "x"}') is None  # absent: vLLM's default model
+    s = Settings.from_env(ENV)
+    for unreadable in (b"not json", b"[1]", b'{"model": "base"'):
+        assert requested_model(unreadable) is UNREADABLE
+        assert s.model_label(requested_model(unreadable)) == OTHER_MODEL
 
 
 def test_usage_counts_from_dict_and_object():
