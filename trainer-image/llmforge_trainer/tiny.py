@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 #: Bump when the recipe changes so cached models are rebuilt.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 SPECIAL_TOKENS = [PAD, IM_START, IM_END]
@@ -121,16 +121,34 @@ def write_jsonl(path: str | os.PathLike, records: list[dict]) -> Path:
     return path
 
 
+ADJECTIVES = ["small", "big", "old", "new", "quick", "slow", "happy", "quiet"]
+
+
 def _pretrain_texts(rng: random.Random, n: int) -> list[str]:
-    """Generic sentences and ChatML copy exchanges: structure the base should know, not the facts."""
+    """What the base should know, not the facts: generic sentences, a ChatML copy task, and ChatML answers in
+    the fine-tuning tasks' shape ("The X is Y.", "The X says Y.") with *random* Y, so the base learns the form
+    and stops at <|im_end|>, while the sound of each animal and the colour of each thing stay unknown."""
     texts = []
+    nouns = sorted({*ANIMALS, *THINGS})
+    sounds, colors = sorted(set(ANIMALS.values())), sorted(set(THINGS.values()))
+
+    def chat(user: str, reply: str) -> str:
+        return f"{IM_START}user\n{user}{IM_END}\n{IM_START}assistant\n{reply}{IM_END}\n"
+
     for _ in range(n):
-        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 7))]
-        if rng.random() < 0.5:
+        kind = rng.random()
+        if kind < 0.3:
+            words = [rng.choice(WORDS) for _ in range(rng.randint(3, 7))]
             texts.append(" ".join(words).capitalize() + ".")
+        elif kind < 0.55:
+            phrase = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5)))
+            texts.append(chat(f"Repeat: {phrase}", phrase))
+        elif kind < 0.8:
+            w = rng.choice(nouns)
+            texts.append(chat(f"Describe the {w}.", f"The {w} is {rng.choice(ADJECTIVES + colors)}."))
         else:
-            phrase = " ".join(words)
-            texts.append(f"{IM_START}user\nRepeat: {phrase}{IM_END}\n{IM_START}assistant\n{phrase}{IM_END}\n")
+            w = rng.choice(nouns)
+            texts.append(chat(f"Say something about the {w}.", f"The {w} says {rng.choice(sounds)}."))
     return texts
 
 
@@ -149,6 +167,16 @@ def _train_tokenizer(corpus: list[str], vocab_size: int):
     fast.chat_template = CHAT_TEMPLATE
     fast.model_max_length = 1024
     return fast
+
+
+def build_tiny_tokenizer(seed: int = 0):
+    """The tiny model's tokenizer alone (no torch needed): byte-level BPE, vocab 512, ChatML, chat template.
+
+    Trained on the pre-training corpus and the fine-tuning text, so the task words are single tokens.
+    """
+    corpus = _pretrain_texts(random.Random(seed), 4000)
+    task_text = [f"{s} {q} {a}" for s, q, a in make_qa_pairs(seed)]
+    return _train_tokenizer(corpus + task_text, vocab_size=512)
 
 
 def _meta(hidden_size: int, pretrain_steps: int, seed: int) -> dict:
@@ -179,9 +207,7 @@ def build_tiny_model(out_dir: str | os.PathLike, hidden_size: int = 128, pretrai
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     corpus = _pretrain_texts(rng, 4000)
-    # Train the tokenizer on the fine-tuning text too, so the task words are single tokens.
-    task_text = [f"{s} {q} {a}" for s, q, a in make_qa_pairs(seed)]
-    tokenizer = _train_tokenizer(corpus + task_text, vocab_size=512)
+    tokenizer = build_tiny_tokenizer(seed)
 
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,

@@ -49,12 +49,11 @@ class Promotion(ApiModel):
 
     rules = (
         Rule("self.steps.all(s, s >= 1 && s <= 100)", "steps must be in 1..100", field_path=".steps"),
-        Rule("size(self.steps) < 2 || self.steps.all(i, self.steps.exists(j, j < i) || "
-             "i == self.steps[0])", "steps must be increasing", field_path=".steps"),
+        Rule("self.steps.isSorted()", "steps must be in increasing order", field_path=".steps"),
     )
 
-    evaluation_ref: LocalRef | None = None
-    """Evaluation that must be Passed before each step."""
+    evaluation_ref: LocalRef
+    """Evaluation that must be Passed before each step; nothing is promoted without it."""
     steps: list[int] = Field(default_factory=lambda: [10, 50, 100], min_length=1, max_length=20)
     """Canary weights, in order; 100 promotes the canary to stable."""
     interval: str = Field(default="10m", pattern=r"^[0-9]+(s|m|h)$")
@@ -212,6 +211,10 @@ class ModelDeploymentStatus(CommonStatus):
     """Index into promotion.steps."""
     step_started_at: str | None = None
     """When the current promotion step began."""
+    promotion_phase: Literal["Progressing", "Promoted", "RolledBack"] | None = None
+    """Where the canary's promotion stands; Promoted and RolledBack are final for that canary."""
+    canary_revision: str | None = None
+    """Hash of the spec.canary the promotion state belongs to; a changed canary starts over."""
     variants: list[VariantStatus] | None = None
     """Per-variant state."""
     scaling_history: list[HistoryEntry] | None = None

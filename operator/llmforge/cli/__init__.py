@@ -1,0 +1,1 @@
+"""The `llmforge` command line: validate, render, crds, operator, dev."""

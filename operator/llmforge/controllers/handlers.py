@@ -1,0 +1,47 @@
+"""kopf registrations for the three kinds. Handlers only admit and delegate to the per-kind reconcilers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from .. import GROUP, VERSION
+from . import admission
+from .metrics import instrumented
+
+KINDS = {"FineTuneJob": "finetunejobs", "Evaluation": "evaluations", "ModelDeployment": "modeldeployments"}
+
+#: kind -> async reconcile(model, body, patch, logger, **kw). Per-kind modules register here.
+RECONCILERS: dict[str, Any] = {}
+
+
+def register() -> None:
+    """Register create/update/resume handlers for every kind (idempotent per kopf registry)."""
+    for kind, plural in KINDS.items():
+        _register_kind(kind, plural)
+    from . import finetunejob, modeldeployment
+    from .run import SETTINGS
+
+    finetunejob.register(SETTINGS)
+    modeldeployment.register(SETTINGS)
+
+
+def _register_kind(kind: str, plural: str) -> None:
+    @kopf.on.resume(GROUP, VERSION, plural, id=f"{plural}-resume")
+    @kopf.on.create(GROUP, VERSION, plural, id=f"{plural}-create")
+    @kopf.on.update(GROUP, VERSION, plural, id=f"{plural}-update", field="spec")
+    @instrumented(kind, "reconcile")
+    async def reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any, reason: Any = None, **kw: Any) -> None:
+        model, warnings = admission.admit(body, patch, logger)
+        if model is None:
+            return
+        if str(reason) in ("create", "update"):
+            for w in warnings:
+                kopf.warn(body, reason="Advice", message=f"{w.path}: {w.message}")
+        reconciler = RECONCILERS.get(kind)
+        if reconciler is not None:
+            await reconciler(model=model, body=body, patch=patch, logger=logger, **kw)
+        elif not body.get("status", {}).get("phase"):
+            patch.status["phase"] = "Pending"
+            patch.status["observedGeneration"] = body.get("metadata", {}).get("generation")

@@ -1,0 +1,47 @@
+"""Prometheus metrics of the operator itself: reconcile counts, durations and errors per kind."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import kopf
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILES = Counter("llmforge_reconcile_total", "Handler invocations", ["kind", "handler", "result"])
+RECONCILE_SECONDS = Histogram("llmforge_reconcile_duration_seconds", "Handler duration", ["kind", "handler"],
+                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+RECONCILE_ERRORS = Counter("llmforge_reconcile_errors_total", "Handler errors", ["kind", "handler", "error"])
+PHASES = Gauge("llmforge_resources", "Resources by phase", ["kind", "phase"])
+
+
+def instrumented(kind: str, handler: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
+    """Count, time and classify a handler's outcome; TemporaryError is a retry, not an error."""
+
+    def wrap(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(fn)
+        async def inner(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            result = "ok"
+            try:
+                return await fn(*args, **kwargs)
+            except kopf.TemporaryError:
+                result = "retry"
+                raise
+            except kopf.PermanentError as exc:
+                result = "error"
+                RECONCILE_ERRORS.labels(kind, handler, type(exc).__name__).inc()
+                raise
+            except Exception as exc:
+                result = "error"
+                RECONCILE_ERRORS.labels(kind, handler, type(exc).__name__).inc()
+                raise
+            finally:
+                RECONCILES.labels(kind, handler, result).inc()
+                RECONCILE_SECONDS.labels(kind, handler).observe(time.perf_counter() - start)
+
+        return inner
+
+    return wrap

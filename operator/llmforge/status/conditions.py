@@ -1,0 +1,34 @@
+"""Kubernetes-style conditions, level-based: lastTransitionTime moves only when status flips."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def set_condition(conditions: list[dict[str, Any]] | None, type_: str, status: bool | str, reason: str,
+                  message: str = "", generation: int | None = None, now: str | None = None) -> list[dict[str, Any]]:
+    """A new list with the condition set; other conditions keep their order."""
+    value = status if isinstance(status, str) else ("True" if status else "False")
+    out = [dict(c) for c in (conditions or [])]
+    for cond in out:
+        if cond.get("type") == type_:
+            if cond.get("status") != value:
+                cond["lastTransitionTime"] = now or now_iso()
+            cond.update(status=value, reason=reason, message=message)
+            if generation is not None:
+                cond["observedGeneration"] = generation
+            return out
+    new = {"type": type_, "status": value, "reason": reason, "message": message,
+           "lastTransitionTime": now or now_iso()}
+    if generation is not None:
+        new["observedGeneration"] = generation
+    return out + [new]
+
+
+def get_condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
+    return next((c for c in conditions or [] if c.get("type") == type_), None)
