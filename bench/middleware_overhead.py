@@ -31,7 +31,6 @@ sys.path[:0] = [str(ROOT), *(str(ROOT / d) for d in ("operator", "trainer-image"
 from llmforge.api.serving import ServeConfig  # noqa: E402
 from llmforge_server.args import USAGE_MIDDLEWARE  # noqa: E402
 from llmforge_server.serve import command, serve_env  # noqa: E402
-
 from tests.fixtures.ml import tiny_model_path  # noqa: E402
 from tests.fixtures.vllm import VllmServer, free_port, small_vllm_settings, stop, vllm_env  # noqa: E402
 

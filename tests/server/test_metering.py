@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from llmforge.api.serving import OTHER_MODEL
 from llmforge_server.metering import (
     UNREADABLE,
