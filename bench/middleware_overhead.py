@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import statistics
@@ -95,6 +96,62 @@ async def one_round(base_url: str, n: int, concurrency: int, max_tokens: int) ->
     return {"tokens": tokens, "seconds": wall, "tokens_per_s": tokens / wall}
 
 
+def isolated(n: int = 5000, chunks: int = 64) -> dict:
+    """Microseconds the middleware adds per request with no vLLM: a JSON response and a ``chunks``-event SSE
+    stream with a usage chunk, each through a bare ASGI app and through UsageMiddleware (private registry)."""
+    from prometheus_client import CollectorRegistry
+
+    from llmforge_server.metering import Settings
+    from llmforge_server.usage import UsageMiddleware, UsageState
+
+    body = json.dumps({"model": "tiny", "prompt": "the quick brown fox " * 20, "max_tokens": 64}).encode()
+    plain = json.dumps({"id": "cmpl-1", "choices": [{"text": "x " * 64}],
+                        "usage": {"prompt_tokens": 81, "completion_tokens": 64, "total_tokens": 145}}).encode()
+    events = [b'data: {"id":"cmpl-1","choices":[{"index":0,"text":" x"}]}\n\n'] * chunks + [
+        b'data: {"id":"cmpl-1","choices":[],"usage":{"prompt_tokens":81,"completion_tokens":64}}\n\n',
+        b"data: [DONE]\n\n"]
+
+    def app_for(stream: bool):
+        async def app(scope, receive, send):
+            await receive()
+            ctype = b"text/event-stream" if stream else b"application/json"
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", ctype)]})
+            for part in (events if stream else [plain]):
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return app
+
+    async def drive(app, count):
+        scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}
+
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(_message):
+            pass
+
+        t0 = time.perf_counter()
+        for _ in range(count):
+            await app(dict(scope), receive, send)
+        return (time.perf_counter() - t0) / count
+
+    out = {}
+    real_stdout, sys.stdout = sys.stdout, open(os.devnull, "w")  # the usage log line is written, to nowhere
+    try:
+        for stream in (False, True):
+            bare = app_for(stream)
+            wrapped = UsageMiddleware(bare, UsageState.create(Settings("bench", 1.0, ("tiny",)), CollectorRegistry()))
+            best = {"bare": math.inf, "wrapped": math.inf}
+            for _ in range(5):  # interleaved repeats, best of each: the least disturbed run
+                best["bare"] = min(best["bare"], asyncio.run(drive(bare, n)))
+                best["wrapped"] = min(best["wrapped"], asyncio.run(drive(wrapped, n)))
+            out["stream" if stream else "json"] = round((best["wrapped"] - best["bare"]) * 1e6, 1)
+    finally:
+        sys.stdout.close()
+        sys.stdout = real_stdout
+    return {"overhead_us_per_request": out, "sse_events": chunks + 2}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=8, help="rounds per server (even; ABBA order)")
@@ -102,7 +159,11 @@ def main(argv=None) -> int:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--warmup", type=int, default=16, help="untimed requests per server first")
+    p.add_argument("--isolated", action="store_true", help="only the no-vLLM microbenchmark of the middleware")
     a = p.parse_args(argv)
+    if a.isolated:
+        print(json.dumps(isolated(), indent=1))
+        return 0
 
     model = tiny_model_path()
     work = Path(tempfile.mkdtemp(prefix="llmforge-bench-"))
@@ -120,11 +181,14 @@ def main(argv=None) -> int:
         for server in servers.values():
             asyncio.run(one_round(server.base_url, a.warmup, a.concurrency, a.max_tokens))
         results = {"without": [], "with": []}
+        pairs = []  # rounds 2k and 2k+1 hold one of each: their ratio sees nearly the same machine load
         order = ["without", "with", "with", "without"]
         for r in range(a.rounds * 2):
             name = order[r % 4]
             res = asyncio.run(one_round(servers[name].base_url, a.requests, a.concurrency, a.max_tokens))
             results[name].append(res["tokens_per_s"])
+            if r % 2:
+                pairs.append(results["with"][-1] / results["without"][-1])
             print(f"round {r:2d} {name:7s} {res['tokens_per_s']:8.1f} tok/s", file=sys.stderr)
         metered = servers["with"].metrics()
         assert "llmforge_requests_total" in metered and "llmforge_requests_total" not in servers["without"].metrics()
@@ -141,6 +205,9 @@ def main(argv=None) -> int:
         "tokens_per_s": {k: [round(x, 1) for x in v] for k, v in results.items()},
         "median_tokens_per_s": {k: round(v, 1) for k, v in med.items()},
         "ratio_median": round(med["with"] / med["without"], 4),
+        "pair_ratios": [round(x, 3) for x in pairs],
+        "ratio_pairs_median": round(statistics.median(pairs), 4),
+        "load_average_after": os.getloadavg(),
         "ratio_total": round(sum(results["with"]) / sum(results["without"]), 4),
     }
     print(json.dumps(summary, indent=1))

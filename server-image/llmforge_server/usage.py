@@ -84,6 +84,11 @@ class UsageState:
     meter: FairShareMeter
     busy_reported: float = 0.0
     children: dict = field(default_factory=dict)
+    """model label -> that model's labelled series (labels() lookups are cached per model)."""
+
+    def __post_init__(self) -> None:
+        self.in_flight = self.metrics.in_flight.labels(self.settings.variant)
+        self.busy = self.metrics.busy.labels(self.settings.variant)
 
     @classmethod
     def create(cls, settings: Settings, registry: CollectorRegistry = REGISTRY) -> UsageState:
@@ -196,7 +201,7 @@ class UsageMiddleware:
         started = time.monotonic()
         key = object()
         shared.meter.start(key, started)
-        shared.metrics.in_flight.labels(shared.settings.variant).inc()
+        shared.in_flight.inc()
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
         except BaseException:
@@ -215,10 +220,10 @@ class UsageMiddleware:
         cost = shared.meter.finish(key, now)
         settings, m = shared.settings, shared.metrics
         variant = settings.variant
-        m.in_flight.labels(variant).dec()
+        shared.in_flight.dec()
         busy = shared.meter.busy_seconds
         if busy > shared.busy_reported:
-            m.busy.labels(variant).inc(busy - shared.busy_reported)
+            shared.busy.inc(busy - shared.busy_reported)
             shared.busy_reported = busy
 
         readable = ex.body and ex.body_size <= MAX_BODY_BYTES

@@ -91,6 +91,18 @@ def test_sse_tail_without_usage_keeps_the_last_event():
     assert usage_counts(tail.last_json().get("usage")) is None
 
 
+def test_sse_tail_memory_is_bounded_and_a_cut_event_is_not_misread():
+    tail = SseTail(keep_bytes=100)
+    for i in range(1000):
+        tail.feed(b'data: {"i": %d, "pad": "%s"}\n\n' % (i, b"x" * 30))
+    assert sum(map(len, tail._chunks)) < 100 + 60
+    assert tail.last_json()["i"] == 999
+    cut = SseTail(keep_bytes=8)
+    for part in (b'data: {"usage": {"prompt_tokens": 1, "comp', b'letion_tokens": 2}}', b"\n\n"):
+        cut.feed(part)
+    assert cut.last_json() is None  # the start of the event was dropped: no usage rather than a wrong one
+
+
 def test_sse_tail_crlf_and_empty():
     tail = SseTail()
     assert tail.last_json() is None
