@@ -51,6 +51,14 @@ def crds(k8s_cluster):
             c["type"] == "Established" and c["status"] == "True" for c in kube.request(
                 "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{n}").get("status", {}).get(
                 "conditions", [])), 30, f"CRD {crd['metadata']['name']} established")
+    # kube-controller-manager's namespace and garbage collectors learn new types by periodic discovery;
+    # until then a namespace holding a FineTuneJob never finishes terminating. Wait until one does.
+    warm = f"crd-warmup-{int(time.time())}"
+    kube.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": warm}})
+    create(warm, ftj_manifest("warmup"))
+    kube.request("DELETE", f"/api/v1/namespaces/{warm}")
+    wait_until(lambda: kube.get("v1", "Namespace", "", warm) is None, 180, "controller-manager discovers the CRDs",
+               interval=1)
     return True
 
 
@@ -142,6 +150,13 @@ def test_no_matching_node_stays_pending_and_says_why(ns, operator):
     assert "node" in cond(st, "Running")["message"]
     (pod,) = pods(ns)
     assert pod["status"]["phase"] == "Pending" and not pod["spec"].get("nodeName")
+
+
+def test_missing_service_account_is_the_pending_reason(ns, operator):
+    create(ns, ftj_manifest("nosa", serviceAccountName="missing-sa"))
+    st = wait_until(lambda: (s := status(ns, "nosa")) and cond(s, "Running").get("reason") == "FailedCreate" and s,
+                    60, "FailedCreate reason")
+    assert st["phase"] == "Pending" and "missing-sa" in cond(st, "Running")["message"]
 
 
 def test_succeeded_with_result_and_cost_from_pod_times(ns, operator):

@@ -110,6 +110,9 @@ def sync(resource: dict[str, Any], settings: Settings, *, apply_children: bool, 
     if job is not None:
         uid = job["metadata"].get("uid")
         pods = [p for p in pods if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])]
+    create_error = None
+    if job is not None and not pods:
+        create_error = _pod_create_error(ns, job)
     progress = None
     if read_progress:
         running = [p for p in pods if p.get("status", {}).get("phase") == "Running" and p["status"].get("podIP")]
@@ -117,10 +120,21 @@ def sync(resource: dict[str, Any], settings: Settings, *, apply_children: bool, 
             ip = running[0]["status"]["podIP"]
             progress = fetch_progress(f"http://{ip}:{settings.trainer_metrics_port}/metrics")
     status = compute_status(resource, job, pods, placement, prices(settings, logger), datetime.now(UTC),
-                            progress=progress, estimate=fit.status(), job_name=jname)
+                            progress=progress, estimate=fit.status(), job_name=jname, create_error=create_error)
     if budget_stopped(status) and job is not None and not job.get("spec", {}).get("suspend") and not _finished(job):
         kube.merge_patch("batch/v1", "Job", ns, jname, {"spec": {"suspend": True}})
     return status
+
+
+def _pod_create_error(namespace: str, job: dict[str, Any]) -> str | None:
+    """The Job controller's latest FailedCreate event (missing ServiceAccount, quota, admission)."""
+    uid = job["metadata"].get("uid")
+    events = kube.request("GET", kube.path("v1", "Event", namespace), query={
+        "fieldSelector": f"involvedObject.uid={uid},reason=FailedCreate"}).get("items", [])
+    if not events:
+        return None
+    latest = max(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    return latest.get("message")
 
 
 def _finished(job: dict[str, Any]) -> bool:
