@@ -99,3 +99,10 @@ def test_manifests_are_fresh_objects():
     a, b = default_nodes(), default_nodes()
     a[0]["spec"]["taints"].append({"key": "x", "effect": "NoSchedule"})
     assert len(b[0]["spec"]["taints"]) == 1
+
+
+def test_default_nodes_have_distinct_internal_ips():
+    fleet = default_nodes()
+    ips = [a["address"] for n in fleet for a in n["status"]["addresses"] if a["type"] == "InternalIP"]
+    assert len(ips) == len(fleet) == len(set(ips))
+    assert all(ip.startswith("10.128.0.") for ip in ips)

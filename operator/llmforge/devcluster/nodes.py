@@ -78,7 +78,7 @@ def node_pool(shape: NodeShape) -> str:
     return f"{kind}-{'spot' if shape.spot else 'ondemand'}-pool"
 
 
-def node_manifest(shape: NodeShape) -> dict:
+def node_manifest(shape: NodeShape, internal_ip: str | None = None) -> dict:
     """A v1 Node for kwok, shaped like a GKE node of this machine type."""
     if bool(shape.accelerator) != bool(shape.gpus):
         raise ValueError(f"{shape.name}: accelerator and gpus must be set together")
@@ -99,6 +99,11 @@ def node_manifest(shape: NodeShape) -> dict:
         taints.append(dict(GPU_TAINT))
     if shape.spot:
         labels[SPOT_LABEL] = "true"
+    status: dict = {"allocatable": allocatable(shape), "capacity": capacity(shape)}
+    if internal_ip:
+        # kwok keeps addresses it finds; without them `kubectl get nodes -o wide` shows <none>.
+        status["addresses"] = [{"type": "InternalIP", "address": internal_ip},
+                               {"type": "Hostname", "address": shape.name}]
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -108,7 +113,7 @@ def node_manifest(shape: NodeShape) -> dict:
             "annotations": {KWOK_ANNOTATION: KWOK_ANNOTATION_VALUE, "node.alpha.kubernetes.io/ttl": "0"},
         },
         "spec": {"taints": taints} if taints else {},
-        "status": {"allocatable": allocatable(shape), "capacity": capacity(shape)},
+        "status": status,
     }
 
 
@@ -117,4 +122,5 @@ def default_nodes(shapes: tuple[NodeShape, ...] = DEFAULT_SHAPES) -> list[dict]:
     names = [s.name for s in shapes]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate node names in {names}")
-    return [node_manifest(s) for s in shapes]
+    # GKE's default VPC subnet in us-central1 is 10.128.0.0/20.
+    return [node_manifest(s, f"10.128.0.{10 + i}") for i, s in enumerate(shapes)]
