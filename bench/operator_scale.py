@@ -35,7 +35,7 @@ from kubernetes import client, watch  # noqa: E402
 
 from llmforge import kube  # noqa: E402
 from llmforge.devcluster import LocalCluster  # noqa: E402
-from tests.k8s.ftj_support import FTJ, ftj_manifest, free_port  # noqa: E402
+from tests.k8s.ftj_support import FTJ, free_port, ftj_manifest  # noqa: E402
 
 NS = "bench"
 

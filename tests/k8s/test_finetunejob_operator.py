@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from kubernetes.client.rest import ApiException
+
 from llmforge import kube
 from llmforge.pricing import DEFAULT_PRICES
 from llmforge.status.finetunejob import parse_time
-
 from tests.cases import SEMANTIC_CASES
 from tests.k8s.ftj_support import (
     FTJ,
