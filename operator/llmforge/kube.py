@@ -7,6 +7,7 @@ Synchronous: controllers call them through ``asyncio.to_thread``.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from typing import Any
 from urllib.parse import quote
@@ -32,7 +33,8 @@ def api_client() -> client.ApiClient:
             try:
                 config.load_incluster_config(client_configuration=cfg)
             except config.ConfigException:
-                config.load_kube_config(client_configuration=cfg)
+                # The client reads $KUBECONFIG at import time; read it now so a later setting counts.
+                config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
             cfg.connection_pool_maxsize = 16
             _client = client.ApiClient(cfg)
         return _client
