@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 #: Bump when the recipe changes so cached models are rebuilt.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 SPECIAL_TOKENS = [PAD, IM_START, IM_END]
@@ -121,16 +121,34 @@ def write_jsonl(path: str | os.PathLike, records: list[dict]) -> Path:
     return path
 
 
+ADJECTIVES = ["small", "big", "old", "new", "quick", "slow", "happy", "quiet"]
+
+
 def _pretrain_texts(rng: random.Random, n: int) -> list[str]:
-    """Generic sentences and ChatML copy exchanges: structure the base should know, not the facts."""
+    """What the base should know, not the facts: generic sentences, a ChatML copy task, and ChatML answers in
+    the fine-tuning tasks' shape ("The X is Y.", "The X says Y.") with *random* Y, so the base learns the form
+    and stops at <|im_end|>, while the sound of each animal and the colour of each thing stay unknown."""
     texts = []
+    nouns = sorted({*ANIMALS, *THINGS})
+    sounds, colors = sorted(set(ANIMALS.values())), sorted(set(THINGS.values()))
+
+    def chat(user: str, reply: str) -> str:
+        return f"{IM_START}user\n{user}{IM_END}\n{IM_START}assistant\n{reply}{IM_END}\n"
+
     for _ in range(n):
-        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 7))]
-        if rng.random() < 0.5:
+        kind = rng.random()
+        if kind < 0.3:
+            words = [rng.choice(WORDS) for _ in range(rng.randint(3, 7))]
             texts.append(" ".join(words).capitalize() + ".")
+        elif kind < 0.55:
+            phrase = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5)))
+            texts.append(chat(f"Repeat: {phrase}", phrase))
+        elif kind < 0.8:
+            w = rng.choice(nouns)
+            texts.append(chat(f"Describe the {w}.", f"The {w} is {rng.choice(ADJECTIVES + colors)}."))
         else:
-            phrase = " ".join(words)
-            texts.append(f"{IM_START}user\nRepeat: {phrase}{IM_END}\n{IM_START}assistant\n{phrase}{IM_END}\n")
+            w = rng.choice(nouns)
+            texts.append(chat(f"Say something about the {w}.", f"The {w} says {rng.choice(sounds)}."))
     return texts
 
 
