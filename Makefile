@@ -10,7 +10,9 @@ export HF_HOME := $(LLMFORGE_CACHE)/hf
 
 .PHONY: setup setup-python setup-k8s test test-unit test-k8s test-ml test-vllm crds lint demo cluster-up cluster-down bench
 
-setup: setup-python setup-k8s
+# The Go build is CPU-bound and the venv build network-bound: run them side by side.
+setup:
+	@$(MAKE) --no-print-directory -j2 setup-python setup-k8s
 
 setup-python:
 	@bash scripts/setup-python.sh
@@ -34,8 +36,10 @@ test-ml: setup-python
 test-vllm: setup-python
 	@$(PY) -m pytest -q -m vllm
 
+# CRDs from the API models, then everything derived from them (chart CRDs, values schema, argocd-cm).
 crds: setup-python
 	@$(PY) -m llmforge.cli.main crds --out crds
+	@$(PY) scripts/chartgen.py
 
 lint: setup-python
 	@$(PY) -m ruff check operator trainer-image server-image tests bench

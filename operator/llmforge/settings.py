@@ -35,6 +35,12 @@ class Settings(BaseModel):
     """Namespace holding the pricing ConfigMap."""
     pricing_configmap: str = "llmforge-pricing"
     """ConfigMap overriding the built-in price table (key prices.yaml); optional."""
+    peering: str = ""
+    """kopf peering object name (a ClusterKopfPeering, or a KopfPeering per watched namespace). Empty: run
+    standalone, for exactly one replica. Set it when running several replicas: the replica with the highest
+    peering_priority works, the others stand by until its keep-alive lapses (60 s)."""
+    peering_priority: int = Field(default=0, ge=0, le=2**31 - 1)
+    """This replica's kopf peering priority; 0 picks a random one at start, so replicas never tie."""
     field_manager: str = "llmforge"
     """Server-side apply field manager."""
     progress_interval_seconds: float = Field(default=15.0, gt=0)
@@ -45,6 +51,14 @@ class Settings(BaseModel):
     """Where the local runtime keeps specs, logs and termination messages."""
     trainer_metrics_port: int = Field(default=9090, ge=1, le=65535)
     """Port of the trainer's progress endpoint inside its pod."""
+    analysis_interval_seconds: float = Field(default=30.0, gt=0)
+    """How often serving pods' /metrics and /v1/models are read, canary promotion is decided and
+    ModelDeployment status and cost are refreshed (seconds)."""
+    serving_url_template: str = "http://{pod_ip}:{port}"
+    """Base URL of a serving pod's HTTP API; placeholders {pod_ip}, {port}, {pod}, {namespace}, {variant},
+    {name}. Tests point it at a stand-in server; in a cluster keep the default."""
+    serving_http_timeout_seconds: float = Field(default=3.0, gt=0)
+    """Timeout for one /metrics or /v1/models request to a serving pod (seconds)."""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

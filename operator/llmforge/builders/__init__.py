@@ -18,3 +18,14 @@ def render_children(resource: dict[str, Any], settings: Settings) -> list[dict[s
     """Every child object the operator would create for this resource (empty until its builder exists)."""
     builder = BUILDERS.get(resource.get("kind", ""))
     return builder(resource, settings) if builder else []
+
+
+def _register() -> None:
+    from . import modeldeployment
+    from .finetunejob import build_children as finetunejob_children
+
+    BUILDERS["FineTuneJob"] = finetunejob_children
+    BUILDERS["ModelDeployment"] = modeldeployment.render
+
+
+_register()

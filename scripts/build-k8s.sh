@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Build the local Kubernetes control plane used by the `k8s` test tier and `llmforge dev cluster`.
+#
+# No real kube-apiserver ships in PyPI, npm or Debian, so we compile one from Go modules:
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (k8s.io/kubernetes)
+#   etcd                                                             (go.etcd.io/etcd/server/v3)
+#   kwok                                                             (sigs.k8s.io/kwok, fake nodes)
+#   helm                                                             (helm.sh/helm/v3)
+# into one flat directory (the KUBEBUILDER_ASSETS layout):
+#   ${LLMFORGE_CACHE:-~/.cache/llmforge}/k8s/<k8s-version>/
+#
+# Re-running is cheap: a component is rebuilt only when one of its binaries is missing or its version
+# in the stamp file (versions.env) differs. If KUBEBUILDER_ASSETS already holds a component's binaries,
+# that component is not built at all.
+#
+# Wrapper modules (go.mod files only) are generated under the cache dir, never in the repository.
+# Override versions with LLMFORGE_K8S_VERSION, LLMFORGE_ETCD_VERSION, LLMFORGE_KWOK_VERSION,
+# LLMFORGE_HELM_VERSION. Prints the output directory on its last line.
+set -euo pipefail
+
+K8S_VERSION="${LLMFORGE_K8S_VERSION:-1.34.4}"
+ETCD_VERSION="${LLMFORGE_ETCD_VERSION:-3.6.16}"
+KWOK_VERSION="${LLMFORGE_KWOK_VERSION:-0.7.0}"
+HELM_VERSION="${LLMFORGE_HELM_VERSION:-3.22.0}"
+
+CACHE="${LLMFORGE_CACHE:-$HOME/.cache/llmforge}"
+OUT="$CACHE/k8s/$K8S_VERSION"
+SRC="$CACHE/k8s/src"
+STAMP="$OUT/versions.env"
+
+# Never let go fetch a different toolchain behind our back; vcs stamping needs a git checkout we lack.
+export GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:-} -buildvcs=false"
+GO_BUILD_FLAGS=(-trimpath)
+START=$SECONDS
+
+log() { printf '[build-k8s %4ds] %s\n' "$((SECONDS - START))" "$*" >&2; }
+
+command -v go >/dev/null || { log "go is not on PATH (need Go >= 1.24)"; exit 1; }
+mkdir -p "$OUT" "$SRC"
+touch "$STAMP"
+
+stamped() { grep -qx "$1=$2" "$STAMP"; }
+stamp() {
+  grep -v "^$1=" "$STAMP" >"$STAMP.tmp" || true
+  echo "$1=$2" >>"$STAMP.tmp"
+  mv "$STAMP.tmp" "$STAMP"
+}
+
+# needs_build COMPONENT VERSION BINARY...: true unless all binaries exist (here or in KUBEBUILDER_ASSETS)
+needs_build() {
+  local comp=$1 version=$2 b
+  shift 2
+  if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
+    local all=1
+    for b in "$@"; do [[ -x "$KUBEBUILDER_ASSETS/$b" ]] || all=0; done
+    if ((all)); then log "$comp: using KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS"; return 1; fi
+  fi
+  for b in "$@"; do
+    [[ -x "$OUT/$b" ]] || { log "$comp: $b missing, building $version"; return 0; }
+  done
+  if ! stamped "$comp" "$version"; then log "$comp: version changed, building $version"; return 0; fi
+  log "$comp $version: up to date"
+  return 1
+}
+
+# new_wrapper DIR: an empty module whose only job is to pin dependencies for `go build`.
+new_wrapper() {
+  rm -rf "$1"
+  mkdir -p "$1"
+  printf 'module llmforge.local/k8s-wrapper\n\ngo 1.24.0\n' >"$1/go.mod"
+}
+
+build_kubernetes() {
+  local v=$K8S_VERSION minor=${K8S_VERSION#*.}
+  minor=${minor%%.*}
+  local w="$SRC/kubernetes-$v" gomod
+  new_wrapper "$w"
+  cd "$w"
+  log "kubernetes: fetching k8s.io/kubernetes@v$v go.mod"
+  gomod=$(go mod download -json "k8s.io/kubernetes@v$v" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  # k8s.io/kubernetes requires its staging repos at v0.0.0 (its own replaces point into ./staging and
+  # are ignored for a dependency), so map each one to the published v0.<minor>.<patch> tag.
+  local staging
+  staging=$(awk '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" {print $1}' "$gomod")
+  [[ -n "$staging" ]] || { log "kubernetes: no staging modules found in $gomod"; exit 1; }
+  # Keep k8s's own godebug defaults: they are part of how upstream builds these binaries.
+  sed -i 's/^go .*/'"$(grep -m1 '^go ' "$gomod")"'/' go.mod
+  grep '^godebug ' "$gomod" >>go.mod || true
+  go mod edit -require="k8s.io/kubernetes@v$v"
+  local m
+  for m in $staging; do go mod edit -replace="$m=$m@v0.${v#1.}"; done
+  log "kubernetes: $(wc -w <<<"$staging") staging modules replaced with v0.${v#1.}; building 4 binaries (the long part)"
+  local pkg=k8s.io/component-base/version cgo=k8s.io/client-go/pkg/version x=""
+  for p in $pkg $cgo; do
+    x+=" -X $p.gitVersion=v$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+    x+=" -X $p.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  done
+  # One `go build` for all four shares compiled packages; CGO off gives static binaries.
+  CGO_ENABLED=0 go build -mod=mod "${GO_BUILD_FLAGS[@]}" -ldflags "-s -w$x" -o "$OUT/" \
+    k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kubectl
+  stamp kubernetes "$v"
+  log "kubernetes: done ($("$OUT/kube-apiserver" --version))"
+}
+
+build_etcd() {
+  local v=$ETCD_VERSION w="$SRC/etcd-$ETCD_VERSION"
+  new_wrapper "$w"
+  cd "$w"
+  go mod edit -require="go.etcd.io/etcd/server/v3@v$v"
+  log "etcd: building go.etcd.io/etcd/server/v3@v$v"
+  # etcd's go.mod carries replace directives, so `go install pkg@version` refuses it; a wrapper works.
+  CGO_ENABLED=0 go build -mod=mod "${GO_BUILD_FLAGS[@]}" -ldflags "-s -w" -o "$OUT/etcd" go.etcd.io/etcd/server/v3
+  stamp etcd "$v"
+  log "etcd: done ($("$OUT/etcd" --version | head -1))"
+}
+
+build_kwok() {
+  log "kwok: building sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"
+  CGO_ENABLED=0 GOBIN="$OUT" go install "${GO_BUILD_FLAGS[@]}" -ldflags "-s -w" \
+    "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"
+  stamp kwok "$KWOK_VERSION"
+  log "kwok: done ($("$OUT/kwok" --version 2>&1 | head -1))"
+}
+
+build_helm() {
+  log "helm: building helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"
+  CGO_ENABLED=0 GOBIN="$OUT" go install "${GO_BUILD_FLAGS[@]}" \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION" \
+    "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"
+  stamp helm "$HELM_VERSION"
+  log "helm: done ($("$OUT/helm" version --short))"
+}
+
+# Smallest first, so a failure in the big build still leaves the others usable.
+if needs_build etcd "$ETCD_VERSION" etcd; then build_etcd; fi
+if needs_build kwok "$KWOK_VERSION" kwok; then build_kwok; fi
+if needs_build kubernetes "$K8S_VERSION" kube-apiserver kube-controller-manager kube-scheduler kubectl; then
+  build_kubernetes
+fi
+if needs_build helm "$HELM_VERSION" helm; then build_helm; fi
+
+log "all components ready in $OUT ($(du -sh "$OUT" | cut -f1))"
+echo "$OUT"
