@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from llmforge.api.evaluation import EvaluationSpec
 
 pytestmark = [pytest.mark.vllm, pytest.mark.ml]
