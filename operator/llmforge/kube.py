@@ -15,7 +15,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 #: kind -> plural for the kinds we touch.
-PLURALS = {"Job": "jobs", "Pod": "pods", "ConfigMap": "configmaps", "Secret": "secrets", "Event": "events",
+PLURALS = {"Namespace": "namespaces", "Job": "jobs", "Pod": "pods", "ConfigMap": "configmaps", "Secret": "secrets", "Event": "events",
            "FineTuneJob": "finetunejobs", "Evaluation": "evaluations", "ModelDeployment": "modeldeployments",
            "Deployment": "deployments", "Service": "services"}
 
@@ -59,8 +59,7 @@ def request(method: str, url_path: str, body: Any = None, query: dict[str, str] 
     if content_type:
         headers["Content-Type"] = content_type
     if body is not None and not isinstance(body, (str, bytes)):
-        body = json.dumps(body)
-        headers.setdefault("Content-Type", "application/json")
+        headers.setdefault("Content-Type", "application/json")  # the client serialises dicts once
     m, url, hdrs, data, post = api.param_serialize(method, url_path, query_params=list((query or {}).items()),
                                                    header_params=headers, body=body,
                                                    auth_settings=["BearerToken"])
@@ -77,7 +76,7 @@ def apply(obj: dict[str, Any], field_manager: str) -> dict[str, Any]:
     """Server-side apply (force: we own these objects). Creating twice yields one object."""
     meta = obj["metadata"]
     url = path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
-    return request("PATCH", url, json.dumps(obj), {"fieldManager": field_manager, "force": "true"},
+    return request("PATCH", url, obj, {"fieldManager": field_manager, "force": "true"},
                    "application/apply-patch+yaml")
 
 

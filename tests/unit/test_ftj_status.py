@@ -240,3 +240,9 @@ def test_fetch_progress_from_a_metrics_server():
 def test_running_status_uses_fresh_progress():
     s = status_of(resource(), job(), [pod("p0", "Running", start=0)], now=1200, progress=parse_progress(PROM))
     assert s["progress"]["summary"] == "42% 120/285" and s["progress"]["loss"] == 1.234
+
+
+def test_pod_creation_error_is_the_pending_reason():
+    s = status_of(resource(), job(), [], create_error='serviceaccount "trainer" not found')
+    assert s["phase"] == "Pending"
+    assert cond(s, "Running")["reason"] == "FailedCreate" and "trainer" in cond(s, "Running")["message"]
