@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import yaml
 
-from llmforge.controllers.kube import Kube
 from tests.fixtures.vllm_metrics_double import ServingDouble
 
 pytestmark = pytest.mark.k8s
@@ -27,6 +26,31 @@ ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "llmforge.dev", "v1alpha1"
 API = f"{GROUP}/{VERSION}"
 ROUTE_API = "gateway.networking.k8s.io/v1"
+
+
+class Kube:
+    """Test-side reads and writes over the kubernetes dynamic client (independent of the operator's code)."""
+
+    def __init__(self, api_client):
+        import tempfile
+
+        from kubernetes.dynamic import DynamicClient
+
+        cache = os.path.join(tempfile.mkdtemp(prefix="llmforge-test-discovery-"), "cache.json")
+        self.dyn = DynamicClient(api_client, cache_file=cache)
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
+        from kubernetes.dynamic.exceptions import NotFoundError
+
+        try:
+            return self.dyn.resources.get(api_version=api_version, kind=kind).get(
+                name=name, namespace=namespace).to_dict()
+        except NotFoundError:
+            return None
+
+    def list(self, api_version: str, kind: str, namespace: str) -> list[dict]:
+        res = self.dyn.resources.get(api_version=api_version, kind=kind)
+        return list(res.get(namespace=namespace).to_dict().get("items", []))
 
 
 # -- fixtures -------------------------------------------------------------------------------------------
@@ -53,7 +77,7 @@ def kube_api(k8s_cluster):
         wait_until(lambda n=name: any(c.type == "Established" and c.status == "True"
                                       for c in ext.read_custom_resource_definition(n).status.conditions or []),
                    30, f"CRD {name} Established")
-    return Kube(api_client, field_manager="test")
+    return Kube(api_client)
 
 
 @pytest.fixture
@@ -310,7 +334,7 @@ def test_breach_rolls_back_with_numbers_and_event(kube_api, operator, double):
     assert st["canaryWeight"] == 0 and st["promotionPhase"] == "RolledBack"
     assert wait_until(lambda: route_weights(k, ns, "chat") == (("chat-stable", 100), ("chat-canary", 0)), 30,
                       "route at 0%")
-    events = k.list("v1", "Event", ns, "")
+    events = k.list("v1", "Event", ns)
     rolled = [e for e in events if e.get("reason") == "RolledBack"]
     assert rolled and "20% -> 0%" in rolled[0]["message"] and rolled[0]["type"] == "Warning"
     # Final for this canary: healthy numbers later do not resume it.

@@ -263,6 +263,25 @@ class DataStats(StatusModel):
     """Examples longer than maxSeqLength."""
 
 
+class PodAttempt(StatusModel):
+    """One trainer pod, kept after the pod is gone so cost and restarts survive preemption."""
+
+    pod: str
+    """Pod name."""
+    uid: str
+    """Pod UID."""
+    node: str | None = None
+    """Node it ran on."""
+    start_time: str | None = None
+    """When its container started (RFC 3339); unset while it waits for a node."""
+    end_time: str | None = None
+    """When it ended (RFC 3339); unset while it runs."""
+    exit_code: int | None = None
+    """Trainer exit code."""
+    reason: str | None = None
+    """Why it ended, e.g. Completed, Error, DisruptionTarget."""
+
+
 class FineTuneJobStatus(CommonStatus):
     """Observed state, recomputed from the Job and its pods."""
 
@@ -288,6 +307,8 @@ class FineTuneJobStatus(CommonStatus):
     """Latest checkpoint."""
     restarts: int | None = None
     """Pod attempts beyond the first (preemptions and failures survived)."""
+    attempts: list[PodAttempt] | None = None
+    """Every trainer pod so far, with its billed span (status.cost sums these)."""
     output: OutputStatus | None = None
     """Artifacts."""
     data: DataStats | None = None

@@ -17,7 +17,8 @@ SETTINGS: Settings = Settings()
 async def configure(settings: kopf.OperatorSettings, **_: object) -> None:
     # Our own field manager and finalizer names; no annotations-based diff storage noise on children.
     settings.persistence.finalizer = "llmforge.dev/finalizer"
-    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf")
+    # Annotations, not status.kopf: our structural status schema would prune an undeclared field.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="llmforge.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="llmforge.dev", key="last-handled-configuration")
     settings.posting.level = logging.WARNING
@@ -35,8 +36,9 @@ def run_operator(settings: Settings) -> int:
         start_http_server(settings.metrics_port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     namespaces = settings.namespaces
+    # kopf 1.45 iterates `namespaces` even when cluster-wide: pass an empty list, never None.
     asyncio.run(kopf.operator(
-        clusterwide=not namespaces, namespaces=namespaces or None, liveness_endpoint=settings.liveness,
+        clusterwide=not namespaces, namespaces=namespaces or [], liveness_endpoint=settings.liveness,
         standalone=True,
     ))
     return 0

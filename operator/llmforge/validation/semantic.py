@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from ..api.evaluation import EvaluationSpec
 from ..api.finetunejob import FineTuneJobSpec
@@ -44,12 +45,20 @@ def _uris(pairs: list[tuple[str, str | None]]) -> Iterator[tuple[str, str]]:
             yield path, why
 
 
-def finetune_semantics(spec: FineTuneJobSpec) -> Iterator[tuple[str, str]]:
+def finetune_semantics(spec: FineTuneJobSpec) -> Iterator[tuple[Any, ...]]:
+    """(path, message) pairs, or (path, message, reason) when the reason is more specific than Invalid."""
     yield from _uris([
         ("spec.baseModel.uri", spec.base_model.uri), ("spec.dataset.train", spec.dataset.train),
         ("spec.dataset.validation", spec.dataset.validation), ("spec.output.uri", spec.output.uri),
     ])
-    yield from _resources("spec.resources", spec.resources.accelerator, spec.resources.count)
+    counts = list(_resources("spec.resources", spec.resources.accelerator, spec.resources.count))
+    yield from counts
+    if not counts:
+        from ..estimate import check_fit
+
+        fit = check_fit(spec)
+        if fit.fits is False:
+            yield "spec.resources", fit.message, "InsufficientGPUMemory"
 
 
 def evaluation_semantics(spec: EvaluationSpec) -> Iterator[tuple[str, str]]:

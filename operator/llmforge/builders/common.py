@@ -1,0 +1,130 @@
+"""GKE placement and the pieces every child shares: labels, owner references, security, machine shapes.
+
+Pure functions of the spec; the trainer Job, the eval Job and the serving Deployment all use them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
+SPOT_LABEL = "cloud.google.com/gke-spot"
+GPU_RESOURCE = "nvidia.com/gpu"
+MANAGED_BY = "llmforge"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+RUN_AS_USER = 1000
+
+#: accelerator -> GPUs per machine -> (machine type, vCPUs, memory GiB): the GKE shapes that carry them.
+MACHINE_SHAPES: dict[str, dict[int, tuple[str, int, int]]] = {
+    "nvidia-l4": {1: ("g2-standard-8", 8, 32), 2: ("g2-standard-24", 24, 96), 4: ("g2-standard-48", 48, 192),
+                  8: ("g2-standard-96", 96, 384)},
+    "nvidia-tesla-t4": {1: ("n1-standard-8", 8, 30), 2: ("n1-standard-16", 16, 60),
+                        4: ("n1-standard-32", 32, 120)},
+    "nvidia-tesla-a100": {1: ("a2-highgpu-1g", 12, 85), 2: ("a2-highgpu-2g", 24, 170),
+                          4: ("a2-highgpu-4g", 48, 340), 8: ("a2-highgpu-8g", 96, 680),
+                          16: ("a2-megagpu-16g", 96, 1360)},
+    "nvidia-a100-80gb": {1: ("a2-ultragpu-1g", 12, 170), 2: ("a2-ultragpu-2g", 24, 340),
+                         4: ("a2-ultragpu-4g", 48, 680), 8: ("a2-ultragpu-8g", 96, 1360)},
+    "nvidia-h100-80gb": {1: ("a3-highgpu-1g", 26, 234), 2: ("a3-highgpu-2g", 52, 468),
+                         4: ("a3-highgpu-4g", 104, 936), 8: ("a3-highgpu-8g", 208, 1872)},
+}
+#: Share of the machine requested: GKE keeps the rest for the kubelet, system pods and DaemonSets.
+REQUEST_SHARE = 0.75
+#: Requests for accelerator cpu (a demo/tiny-model pod).
+CPU_REQUESTS = ("2", "8Gi")
+
+
+def machine_shape(accelerator: str, count: int) -> tuple[str, int, int] | None:
+    """(machine type, vCPUs, GiB) of the smallest GKE machine with `count` of these GPUs."""
+    shapes = MACHINE_SHAPES.get(accelerator, {})
+    fitting = [n for n in shapes if n >= count]
+    return shapes[min(fitting)] if fitting else None
+
+
+def pod_requests(accelerator: str, count: int, cpu: str | None = None, memory: str | None = None) -> dict[str, str]:
+    """CPU and memory requests sized to the machine shape (75 %), unless the spec overrides them."""
+    if accelerator == "cpu":
+        default_cpu, default_mem = CPU_REQUESTS
+    else:
+        shape = machine_shape(accelerator, count)
+        if shape is None:
+            raise ValueError(f"no GKE machine carries {count} x {accelerator}")
+        _, vcpus, gib = shape
+        default_cpu, default_mem = str(max(1, int(vcpus * REQUEST_SHARE))), f"{max(1, int(gib * REQUEST_SHARE))}Gi"
+    return {"cpu": cpu or default_cpu, "memory": memory or default_mem}
+
+
+def placement(accelerator: str, count: int, spot: bool) -> dict[str, Any]:
+    """nodeSelector and tolerations for a pod (empty for cpu, except spot)."""
+    selector: dict[str, str] = {}
+    tolerations: list[dict[str, Any]] = []
+    if accelerator != "cpu":
+        selector[ACCELERATOR_LABEL] = accelerator
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    if spot:
+        selector[SPOT_LABEL] = "true"
+        tolerations.append({"key": SPOT_LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"})
+    out: dict[str, Any] = {}
+    if not spot and accelerator != "cpu":
+        # On-demand means on-demand: keep off spot nodes, or the job is preempted and billed at the wrong rate.
+        out["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": SPOT_LABEL, "operator": "NotIn", "values": ["true"]}]}]}}}
+    if selector:
+        out["nodeSelector"] = selector
+    if tolerations:
+        out["tolerations"] = tolerations
+    return out
+
+
+def resources(accelerator: str, count: int, cpu: str | None = None, memory: str | None = None) -> dict[str, Any]:
+    """Container resources: requests sized to the machine; GPUs and memory as limits."""
+    requests = pod_requests(accelerator, count, cpu, memory)
+    limits: dict[str, Any] = {"memory": requests["memory"]}
+    if accelerator != "cpu":
+        limits[GPU_RESOURCE] = count
+    return {"requests": requests, "limits": limits}
+
+
+def labels(name: str, instance: str, component: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Recommended app.kubernetes.io labels plus kind-specific ones."""
+    out = {
+        "app.kubernetes.io/name": name,
+        "app.kubernetes.io/instance": instance,
+        "app.kubernetes.io/component": component,
+        MANAGED_BY_LABEL: MANAGED_BY,
+    }
+    out.update(extra or {})
+    return out
+
+
+def owner_reference(resource: dict[str, Any]) -> dict[str, Any]:
+    """Controller owner reference to the custom resource, so GC deletes children with it."""
+    meta = resource.get("metadata", {})
+    return {
+        "apiVersion": resource.get("apiVersion"), "kind": resource.get("kind"), "name": meta.get("name"),
+        "uid": meta.get("uid", ""), "controller": True, "blockOwnerDeletion": True,
+    }
+
+
+def metadata(resource: dict[str, Any], name: str, labels_: dict[str, str]) -> dict[str, Any]:
+    meta = resource.get("metadata", {})
+    out: dict[str, Any] = {"name": name, "namespace": meta.get("namespace", "default"), "labels": labels_}
+    if meta.get("uid"):
+        out["ownerReferences"] = [owner_reference(resource)]
+    return out
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER, "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def container_security_context() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "allowPrivilegeEscalation": False,
+            "privileged": False, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def gpu_summary(accelerator: str, count: int, spot: bool) -> str:
+    """For kubectl's GPU column, e.g. ``nvidia-l4x1 spot``."""
+    text = "cpu" if accelerator == "cpu" else f"{accelerator}x{count}"
+    return f"{text} spot" if spot else text

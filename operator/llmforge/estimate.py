@@ -1,0 +1,320 @@
+"""Will it fit? Peak GPU memory of a (Q)LoRA run, per GPU, from the model shape and the spec.
+
+    total = weights + lora + optimizer + activations + logits + overhead      (GiB, per GPU)
+
+* weights: quantised linear layers at 0.5 byte/param (NF4) plus their constants (0.127 bit/param with
+  double quantisation, 0.5 without); embeddings and the LM head stay bf16 (bitsandbytes leaves them).
+  8-bit: 1 byte/param; method lora: 2 bytes/param. With count > 1 the launcher shards them (FSDP).
+* lora: r x (in + out) per adapted projection per layer, fp32 weights and grads (8 bytes/param).
+* optimizer: Adam states, 8 bytes/param (32-bit) or 2 (8-bit), over the LoRA parameters.
+* activations, per token of the per-device batch: with gradient checkpointing one bf16 hidden state per
+  layer plus one layer's working set; without, every layer's working set.
+* logits: the loss upcasts [tokens x vocab] logits to fp32 and keeps their gradient (16 bytes/token/vocab).
+* overhead: CUDA context, allocator fragmentation and kernels' workspaces.
+
+Calibrated against published figures (docs/estimate.md lists each with our error). Pure, except
+``shape_from_config_file`` which reads a local config.json.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .api.finetunejob import FineTuneJobSpec
+from .pricing import PriceTable
+
+GIB = 1024**3
+
+#: Usable memory per GPU as the driver reports it (nvidia-smi total, MiB).
+GPU_MEMORY_MIB = {
+    "nvidia-tesla-t4": 15360, "nvidia-l4": 23034, "nvidia-tesla-a100": 40960,
+    "nvidia-a100-80gb": 81920, "nvidia-h100-80gb": 81559,
+}
+#: GPUs without bf16 (Turing): only float16/float32 compute can run there.
+NO_BF16 = {"nvidia-tesla-t4"}
+#: Order `auto` considers when prices tie.
+AUTO_CANDIDATES = ("nvidia-tesla-t4", "nvidia-l4", "nvidia-tesla-a100", "nvidia-a100-80gb", "nvidia-h100-80gb")
+
+# Calibration constants (see docs/estimate.md).
+LAYER_BYTES_PER_HIDDEN = 20.0     # one decoder layer's bf16 working set per token, per hidden unit ...
+LAYER_BYTES_PER_INTERMEDIATE = 8.0  # ... and per MLP intermediate unit (gate, up, act x up)
+LOGIT_BYTES = 16.0                # per token per vocab entry: bf16 logits, fp32 upcast, fp32 grad, bf16 grad
+OVERHEAD_GIB = 1.0                # CUDA context + cuBLAS/FA workspaces
+FRAGMENTATION = 0.05              # allocator slack on everything else
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimate needs from a model's config.json."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    head_dim: int = 0
+    tied_embeddings: bool = False
+
+    @property
+    def hd(self) -> int:
+        return self.head_dim or self.hidden // self.heads
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+
+    @property
+    def linear_params(self) -> int:
+        """Parameters of the quantisable linear layers (attention and MLP projections)."""
+        return self.layers * sum(i * o for i, o in self.projections().values())
+
+    @property
+    def params(self) -> int:
+        norms = self.layers * 2 * self.hidden + self.hidden
+        return self.linear_params + self.embedding_params + norms
+
+    def projections(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each linear layer in one decoder layer, by its peft target name."""
+        h, q, kv, i = self.hidden, self.heads * self.hd, self.kv_heads * self.hd, self.intermediate
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+
+_LLAMA31_8B = ModelShape(32, 4096, 14336, 32, 8, 128256, 128)
+_LLAMA31_70B = ModelShape(80, 8192, 28672, 64, 8, 128256, 128)
+_MISTRAL_7B_V03 = ModelShape(32, 4096, 14336, 32, 8, 32768, 128)
+
+#: Hub ids with known shapes (lower-cased; -Instruct variants share the base's shape).
+PRESETS: dict[str, ModelShape] = {
+    "meta-llama/llama-3.1-8b": _LLAMA31_8B, "meta-llama/llama-3.1-8b-instruct": _LLAMA31_8B,
+    "meta-llama/meta-llama-3.1-8b": _LLAMA31_8B, "meta-llama/meta-llama-3.1-8b-instruct": _LLAMA31_8B,
+    "meta-llama/llama-3.1-70b": _LLAMA31_70B, "meta-llama/llama-3.1-70b-instruct": _LLAMA31_70B,
+    "meta-llama/meta-llama-3.1-70b": _LLAMA31_70B, "meta-llama/meta-llama-3.1-70b-instruct": _LLAMA31_70B,
+    "mistralai/mistral-7b-v0.3": _MISTRAL_7B_V03, "mistralai/mistral-7b-instruct-v0.3": _MISTRAL_7B_V03,
+}
+
+
+def shape_from_config(cfg: dict) -> ModelShape:
+    """A ModelShape from a transformers config.json dict (Llama/Mistral/Qwen-style keys)."""
+    cfg = cfg.get("text_config", cfg)
+    hidden = int(cfg["hidden_size"])
+    heads = int(cfg.get("num_attention_heads", max(1, hidden // 128)))
+    return ModelShape(
+        layers=int(cfg["num_hidden_layers"]), hidden=hidden,
+        intermediate=int(cfg.get("intermediate_size", 4 * hidden)), heads=heads,
+        kv_heads=int(cfg.get("num_key_value_heads") or heads), vocab=int(cfg.get("vocab_size", 32000)),
+        head_dim=int(cfg.get("head_dim") or 0), tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+    )
+
+
+def shape_from_config_file(uri: str | None) -> ModelShape | None:
+    """Read config.json under a local path or file:// URI; None when not local or unreadable."""
+    if not uri or (("://" in uri) and not uri.startswith("file://")):
+        return None
+    path = Path(uri.removeprefix("file://")) / "config.json"
+    try:
+        return shape_from_config(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def shape_from_name(name: str | None) -> ModelShape | None:
+    """Preset by hub id, else a generic decoder shaped from a size in the name (e.g. "...-13B")."""
+    if not name:
+        return None
+    preset = PRESETS.get(name.lower())
+    if preset:
+        return preset
+    m = re.search(r"(?<![\d.])(\d+(?:\.\d+)?)[bB](?![a-zA-Z])", name.split("/")[-1])
+    return generic_shape(float(m.group(1)) * 1e9) if m else None
+
+
+def generic_shape(params: float) -> ModelShape:
+    """A Llama-like decoder of about this many parameters (128k vocab, GQA 4:1, MLP 3.5 x hidden)."""
+    hidden = 2048 if params < 2e9 else 3072 if params < 5e9 else 4096 if params < 10e9 else \
+        5120 if params < 20e9 else 6656 if params < 40e9 else 8192
+    per_layer = hidden * hidden * (2 + 0.5) + 3 * hidden * int(3.5 * hidden)
+    layers = max(1, round((params - 2 * 128256 * hidden) / per_layer))
+    return ModelShape(layers, hidden, int(3.5 * hidden), hidden // 128, hidden // 512, 128256, 128)
+
+
+def resolve_shape(spec: FineTuneJobSpec) -> tuple[ModelShape | None, str]:
+    """(shape, where it came from): config.json at a local uri, then the preset/name."""
+    shape = shape_from_config_file(spec.base_model.uri)
+    if shape:
+        return shape, "config.json"
+    shape = shape_from_name(spec.base_model.name)
+    if shape:
+        return shape, "preset" if (spec.base_model.name or "").lower() in PRESETS else "name"
+    return None, "unknown"
+
+
+def lora_params(shape: ModelShape, r: int, targets: list[str]) -> int:
+    """Trainable LoRA parameters: r x (in + out) per adapted projection per layer."""
+    projections = shape.projections()
+    if "all-linear" in targets:
+        chosen = list(projections)
+    else:
+        chosen = [t for t in projections if t in set(targets)]
+    return shape.layers * sum(r * (projections[t][0] + projections[t][1]) for t in chosen)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Per-GPU GiB by component; total is what is compared against the GPU."""
+
+    weights: float
+    lora: float
+    optimizer: float
+    activations: float
+    logits: float
+    overhead: float
+    params: int
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.lora + self.optimizer + self.activations + self.logits + self.overhead
+
+    def breakdown(self) -> dict[str, float]:
+        return {k: round(getattr(self, k), 2) for k in
+                ("weights", "lora", "optimizer", "activations", "logits", "overhead")}
+
+
+def estimate_memory(shape: ModelShape, *, method: str = "qlora", bits: int = 4, double_quant: bool = True,
+                    r: int = 16, targets: list[str] | None = None, seq_len: int = 2048, batch_size: int = 1,
+                    gradient_checkpointing: bool = True, optimizer: str = "paged_adamw_8bit",
+                    gpus: int = 1) -> MemoryEstimate:
+    """Peak memory per GPU (GiB). See the module docstring for each term."""
+    if method == "qlora":
+        const_bits = (0.127 if double_quant else 0.5) if bits == 4 else 0.0
+        per_param = bits / 8 + const_bits / 8
+    else:
+        per_param = 2.0
+    frozen = shape.linear_params * per_param + (shape.params - shape.linear_params) * 2
+    n_lora = lora_params(shape, r, targets or ["all-linear"])
+    opt_bytes = 2 if "8bit" in optimizer else 8
+    tokens = seq_len * batch_size
+    layer_ws = tokens * (LAYER_BYTES_PER_HIDDEN * shape.hidden + LAYER_BYTES_PER_INTERMEDIATE * shape.intermediate)
+    if gradient_checkpointing:
+        activations = shape.layers * tokens * shape.hidden * 2 + layer_ws
+    else:
+        activations = shape.layers * layer_ws
+    logits = tokens * shape.vocab * LOGIT_BYTES
+    shard = max(1, gpus)
+    weights, lora, opt = frozen / shard / GIB, n_lora * 8 / shard / GIB, n_lora * opt_bytes / shard / GIB
+    act, lg = activations / GIB, logits / GIB
+    overhead = OVERHEAD_GIB + FRAGMENTATION * (weights + lora + opt + act + lg)
+    return MemoryEstimate(weights, lora, opt, act, lg, overhead, shape.params)
+
+
+def estimate_for_spec(spec: FineTuneJobSpec, shape: ModelShape, gpus: int | None = None) -> MemoryEstimate:
+    t = spec.training
+    return estimate_memory(
+        shape, method=spec.method, bits=spec.quantization.bits, double_quant=spec.quantization.double_quant,
+        r=spec.lora.r, targets=spec.lora.target_modules, seq_len=t.max_seq_length, batch_size=t.batch_size,
+        gradient_checkpointing=t.gradient_checkpointing, optimizer=t.optimizer,
+        gpus=gpus or spec.resources.count)
+
+
+def capacity_gib(accelerator: str) -> float:
+    return GPU_MEMORY_MIB[accelerator] / 1024
+
+
+def usable(accelerator: str, compute_dtype: str) -> bool:
+    return not (accelerator in NO_BF16 and compute_dtype == "bfloat16")
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """The estimate, the accelerator it was judged against (auto resolved), and a message when it fails."""
+
+    accelerator: str
+    count: int
+    estimate: MemoryEstimate | None
+    fits: bool | None
+    message: str = ""
+    source: str = ""
+
+    def status(self) -> dict:
+        """status.estimate (camelCase), the shape the API's Estimate model has."""
+        out: dict = {"accelerator": self.accelerator, "count": self.count}
+        if self.estimate is not None:
+            out.update(gpuMemoryGiB=round(self.estimate.total, 2), parametersBillions=round(
+                self.estimate.params / 1e9, 2), breakdown=self.estimate.breakdown())
+        if self.fits is not None:
+            out["fits"] = self.fits
+        return out
+
+
+def check_fit(spec: FineTuneJobSpec, prices: PriceTable | None = None) -> FitResult:
+    """Resolve `auto` to the cheapest GPU that fits and judge the chosen accelerator x count."""
+    from .pricing import DEFAULT_PRICES, cheapest
+
+    prices = prices or DEFAULT_PRICES
+    res = spec.resources
+    shape, source = resolve_shape(spec)
+    if res.accelerator == "cpu":
+        est = estimate_for_spec(spec, shape, 1) if shape else None
+        return FitResult("cpu", 1, est, None, source=source)
+    if shape is None:
+        if res.accelerator == "auto":
+            return FitResult("auto", res.count, None, False, (
+                "accelerator auto needs the model size: use a known hub id, a local baseModel.uri with "
+                "config.json, or a name with a size such as 8B; or set resources.accelerator"), source)
+        return FitResult(res.accelerator, res.count, None, None, source=source)
+    est = estimate_for_spec(spec, shape)
+    dtype = spec.quantization.compute_dtype
+    fitting = [a for a in AUTO_CANDIDATES if usable(a, dtype) and est.total <= capacity_gib(a)]
+    if res.accelerator == "auto":
+        choice = cheapest(fitting, {a: res.count for a in fitting}, prices, res.spot)
+        if choice is None:
+            return FitResult("auto", res.count, est, False, _too_big(est, res.count, "any GKE GPU", spec, shape),
+                             source)
+        return FitResult(choice, res.count, est, True, source=source)
+    acc = res.accelerator
+    if not usable(acc, dtype):
+        return FitResult(acc, res.count, est, False, (
+            f"{acc} has no bfloat16; set quantization.computeDtype: float16 or choose another accelerator"), source)
+    if est.total <= capacity_gib(acc):
+        return FitResult(acc, res.count, est, True, source=source)
+    return FitResult(acc, res.count, est, False, _too_big(est, res.count, acc, spec, shape), source)
+
+
+def _too_big(est: MemoryEstimate, count: int, target: str, spec: FineTuneJobSpec, shape: ModelShape) -> str:
+    cap = f"{capacity_gib(target):.1f} GiB" if target in GPU_MEMORY_MIB else "the largest GPU (80 GiB)"
+    msg = (f"estimated {est.total:.1f} GiB per GPU ({_parts(est)}) exceeds {target} x{count} ({cap} per GPU)")
+    return msg + "; would fit: " + "; ".join(_what_fits(spec, shape))
+
+
+def _parts(est: MemoryEstimate) -> str:
+    return ", ".join(f"{k} {v:.1f}" for k, v in est.breakdown().items() if v >= 0.05)
+
+
+def _what_fits(spec: FineTuneJobSpec, shape: ModelShape) -> list[str]:
+    """A few concrete alternatives: a bigger/more GPUs, a shorter sequence, a smaller batch."""
+    dtype = spec.quantization.compute_dtype
+    out = []
+    for acc in AUTO_CANDIDATES:
+        if not usable(acc, dtype):
+            continue
+        for n in (1, 2, 4, 8):
+            if estimate_for_spec(spec, shape, n).total <= capacity_gib(acc):
+                out.append(f"{acc} x{n}")
+                break
+        if len(out) >= 2:
+            break
+    t = spec.training
+    for seq in (t.max_seq_length // 2, t.max_seq_length // 4, t.max_seq_length // 8):
+        if seq < 16:
+            break
+        alt = spec.model_copy(update={"training": t.model_copy(update={"max_seq_length": seq, "batch_size": 1})})
+        if estimate_for_spec(alt, shape).total <= capacity_gib(spec.resources.accelerator
+                                                               if spec.resources.accelerator in GPU_MEMORY_MIB
+                                                               else "nvidia-h100-80gb"):
+            out.append(f"maxSeqLength {seq} with batchSize 1")
+            break
+    return out or ["nothing on one node; use a smaller model"]

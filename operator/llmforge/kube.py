@@ -1,0 +1,119 @@
+"""Thin Kubernetes helpers over the official client: server-side apply, get, list, status patch, delete.
+
+Plain dicts in and out, addressed by apiVersion/kind, so controllers never touch generated model classes.
+Synchronous: controllers call them through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+from urllib.parse import quote
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+#: kind -> plural for the kinds we touch.
+PLURALS = {"Job": "jobs", "Pod": "pods", "ConfigMap": "configmaps", "Secret": "secrets", "Event": "events",
+           "FineTuneJob": "finetunejobs", "Evaluation": "evaluations", "ModelDeployment": "modeldeployments",
+           "Deployment": "deployments", "Service": "services",
+           "HorizontalPodAutoscaler": "horizontalpodautoscalers", "PodDisruptionBudget": "poddisruptionbudgets",
+           "HTTPRoute": "httproutes", "PodMonitoring": "podmonitorings", "ServiceMonitor": "servicemonitors"}
+
+_lock = threading.Lock()
+_client: client.ApiClient | None = None
+
+
+def api_client() -> client.ApiClient:
+    """One ApiClient per process: in-cluster credentials, else $KUBECONFIG."""
+    global _client
+    with _lock:
+        if _client is None:
+            cfg = client.Configuration()
+            try:
+                config.load_incluster_config(client_configuration=cfg)
+            except config.ConfigException:
+                config.load_kube_config(client_configuration=cfg)
+            cfg.connection_pool_maxsize = 16
+            _client = client.ApiClient(cfg)
+        return _client
+
+
+def path(api_version: str, kind: str, namespace: str | None = None, name: str | None = None,
+         sub: str | None = None) -> str:
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    if namespace:
+        base += f"/namespaces/{quote(namespace)}"
+    base += f"/{PLURALS[kind]}"
+    if name:
+        base += f"/{quote(name)}"
+    if sub:
+        base += f"/{sub}"
+    return base
+
+
+def request(method: str, url_path: str, body: Any = None, query: dict[str, str] | None = None,
+            content_type: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
+    """One API call; raises ApiException (with .status) on HTTP errors."""
+    api = api_client()
+    headers = {"Accept": "application/json"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    if body is not None and not isinstance(body, (str, bytes)):
+        body = json.dumps(body)
+        headers.setdefault("Content-Type", "application/json")
+    m, url, hdrs, data, post = api.param_serialize(method, url_path, query_params=list((query or {}).items()),
+                                                   header_params=headers, body=body,
+                                                   auth_settings=["BearerToken"])
+    resp = api.call_api(m, url, hdrs, data, post, _request_timeout=timeout)
+    raw = resp.read()
+    if resp.status >= 400:
+        exc = ApiException(status=resp.status, reason=resp.reason)
+        exc.body = raw
+        raise exc
+    return json.loads(raw) if raw else {}
+
+
+def apply(obj: dict[str, Any], field_manager: str) -> dict[str, Any]:
+    """Server-side apply (force: we own these objects). Creating twice yields one object."""
+    meta = obj["metadata"]
+    url = path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+    return request("PATCH", url, json.dumps(obj), {"fieldManager": field_manager, "force": "true"},
+                   "application/apply-patch+yaml")
+
+
+def get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return request("GET", path(api_version, kind, namespace, name))
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def list_(api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+    return request("GET", path(api_version, kind, namespace), query={"labelSelector": label_selector}).get(
+        "items", [])
+
+
+def patch_status(api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    """JSON merge patch of /status (lists such as conditions are replaced whole)."""
+    return request("PATCH", path(api_version, kind, namespace, name, "status"), {"status": status},
+                   content_type="application/merge-patch+json")
+
+
+def merge_patch(api_version: str, kind: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    return request("PATCH", path(api_version, kind, namespace, name), body,
+                   content_type="application/merge-patch+json")
+
+
+def delete(api_version: str, kind: str, namespace: str, name: str, grace_seconds: int | None = None) -> None:
+    body: dict[str, Any] = {"propagationPolicy": "Background"}
+    if grace_seconds is not None:
+        body["gracePeriodSeconds"] = grace_seconds
+    try:
+        request("DELETE", path(api_version, kind, namespace, name), body)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
