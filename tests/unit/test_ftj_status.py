@@ -7,7 +7,6 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from llmforge.api.contract import PROGRESS_METRICS
 from llmforge.api.finetunejob import FineTuneJobStatus
 from llmforge.controllers.finetunejob import fetch_progress
