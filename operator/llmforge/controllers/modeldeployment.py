@@ -282,6 +282,8 @@ async def _run(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
     settings = run.SETTINGS
     raw = {"metadata": dict(body.get("metadata", {})), "spec": dict(body.get("spec", {})),
            "status": dict(body.get("status", {}))}
+    if "conditions" in patch.status:  # admission's verdict (Validated, Advice) from this same handler run
+        raw["status"]["conditions"] = list(patch.status["conditions"])
     outcome = await asyncio.to_thread(reconcile_sync, raw, settings, kube(settings.field_manager), None, logger)
     for key, value in outcome.status.items():
         patch.status[key] = value
