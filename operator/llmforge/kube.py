@@ -61,7 +61,8 @@ def request(method: str, url_path: str, body: Any = None, query: dict[str, str] 
     if content_type:
         headers["Content-Type"] = content_type
     if body is not None and not isinstance(body, (str, bytes)):
-        body = json.dumps(body)
+        # The client's REST layer serialises JSON bodies itself: a pre-encoded string would arrive as a
+        # JSON string (the API server then answers 500 "cannot unmarshal string").
         headers.setdefault("Content-Type", "application/json")
     m, url, hdrs, data, post = api.param_serialize(method, url_path, query_params=list((query or {}).items()),
                                                    header_params=headers, body=body,

@@ -114,7 +114,8 @@ def operator(k8s_cluster, k8s_namespace, double, tmp_path, kube_api):
 _OPERATOR_LOG: list[Path | None] = [None]
 
 
-def wait_until(fn: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
+def wait_until(fn: Callable[[], Any], timeout: float, what: str, interval: float = 0.25,
+               detail: Callable[[], Any] | None = None) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -127,8 +128,10 @@ def wait_until(fn: Callable[[], Any], timeout: float, what: str, interval: float
                 return last
         time.sleep(interval)
     tail = ""
+    if detail is not None:
+        tail += f"\n--- detail ---\n{detail()!r}"
     if _OPERATOR_LOG[0] and _OPERATOR_LOG[0].exists():
-        tail = "\n--- operator log (tail) ---\n" + "\n".join(_OPERATOR_LOG[0].read_text().splitlines()[-40:])
+        tail += "\n--- operator log (tail) ---\n" + "\n".join(_OPERATOR_LOG[0].read_text().splitlines()[-40:])
     pytest.fail(f"timed out after {timeout}s waiting for {what}; last: {last!r}{tail}")
 
 
@@ -296,7 +299,8 @@ def test_promotion_blocked_until_evaluation_passed_then_steps_and_promotes(kube_
         return w
 
     passed_evaluation(k, ns, "v2-eval", passed=True)
-    wait_until(lambda: record() == (("chat-stable", 100),), 90, "canary promoted and retired", interval=0.1)
+    wait_until(lambda: record() == (("chat-stable", 100),), 90, "canary promoted and retired", interval=0.1,
+               detail=lambda: (seen, md_status(k, ns, "chat")))
     weights = [dict(w) for w in seen]
     canary_steps = [w.get("chat-canary") for w in weights if "chat-canary" in w]
     assert canary_steps == [10, 30, 60, 100], seen

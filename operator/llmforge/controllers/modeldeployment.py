@@ -233,8 +233,8 @@ def reconcile_sync(body: dict[str, Any], settings: Settings, k: Kube, now: datet
                              canary_weight=None if decision is None else decision.state.weight)
     if promoted:
         # Retire the canary once the stable Deployment runs the promoted model everywhere.
-        wanted = {c["metadata"]["name"]: c for c in b.build_children(md, settings, inputs)}
-        stable_want = wanted.get(b.child_name(name, b.STABLE))
+        wanted = {(c["kind"], c["metadata"]["name"]): c for c in b.build_children(md, settings, inputs)}
+        stable_want = wanted.get(("Deployment", b.child_name(name, b.STABLE)))
         stable_now = k.get("apps/v1", "Deployment", namespace, b.child_name(name, b.STABLE))
         if stable_want and stable_now and rolled_out(stable_now) and _hash(stable_now) == _hash(stable_want):
             inputs = b.ServingInputs(**{**inputs.__dict__, "canary_retired": True})
