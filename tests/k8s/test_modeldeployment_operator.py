@@ -48,6 +48,12 @@ class Kube:
         except NotFoundError:
             return None
 
+    def get_safe(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
+        try:
+            return self.get(api_version, kind, namespace, name)
+        except Exception:  # the kind itself is not served
+            return None
+
     def list(self, api_version: str, kind: str, namespace: str) -> list[dict]:
         res = self.dyn.resources.get(api_version=api_version, kind=kind)
         return list(res.get(namespace=namespace).to_dict().get("items", []))
@@ -88,26 +94,41 @@ def double():
 
 @pytest.fixture
 def operator(k8s_cluster, k8s_namespace, double, tmp_path, kube_api):
-    """`llmforge operator -n <ns>` with a 1 s analysis interval; stopped by PID afterwards."""
+    """`llmforge operator -n <ns>` with a 1 s analysis interval; `ctx["restart"]()` restarts it; stopped by
+    PID afterwards."""
     log = tmp_path / "operator.log"
     env = {**os.environ, "KUBECONFIG": k8s_cluster.kubeconfig,
            "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("operator", "trainer-image", "server-image")),
            "LLMFORGE_ANALYSIS_INTERVAL_SECONDS": "1", "LLMFORGE_SERVING_URL_TEMPLATE": double.url_template,
            "LLMFORGE_METRICS_PORT": "0", "LLMFORGE_LIVENESS": "", "LLMFORGE_SERVING_HTTP_TIMEOUT_SECONDS": "2"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "llmforge.cli.main", "operator", "-n", k8s_namespace],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    ctx = {"proc": proc, "log": log, "ns": k8s_namespace}
-    _OPERATOR_LOG[0] = log
-    try:
-        yield ctx
-    finally:
+    ctx: dict[str, Any] = {"log": log, "ns": k8s_namespace}
+
+    def start() -> None:
+        with open(log, "a") as out:
+            ctx["proc"] = subprocess.Popen(
+                [sys.executable, "-m", "llmforge.cli.main", "operator", "-n", k8s_namespace],
+                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def stop() -> None:
+        proc = ctx["proc"]
         proc.terminate()
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+    def restart() -> None:
+        stop()
+        start()
+
+    ctx["restart"] = restart
+    _OPERATOR_LOG[0] = log
+    start()
+    try:
+        yield ctx
+    finally:
+        stop()
         _OPERATOR_LOG[0] = None
 
 
@@ -269,6 +290,67 @@ def test_children_status_rollout_and_hpa_owns_replicas(kube_api, operator, doubl
     assert k.get("apps/v1", "Deployment", ns, "chat-stable")["spec"]["replicas"] == 2
     hist = md_status(k, ns, "chat")["scalingHistory"]
     assert (hist[-1]["variant"], hist[-1]["from"], hist[-1]["to"]) == ("stable", 1, 2)
+
+    # An operator restart (resume + timer reconciles) does not take replicas back either.
+    before = md_status(k, ns, "chat")["cost"]["updatedAt"]
+    operator["restart"]()
+    wait_until(lambda: md_status(k, ns, "chat")["cost"]["updatedAt"] > before, 60, "reconciled after restart")
+    dep = k.get("apps/v1", "Deployment", ns, "chat-stable")
+    assert dep["spec"]["replicas"] == 2
+    assert all("f:replicas" not in f for f in managed_spec_fields(dep, "llmforge"))
+
+    # Throughput and cost per 1k tokens come from the generation-token counter's rate between ticks.
+    double.variants["stable"].generation_tokens = 1000
+
+    def rising() -> dict | None:
+        double.variants["stable"].generation_tokens += 500
+        v = next(v for v in md_status(k, ns, "chat")["variants"] if v["name"] == "stable")
+        return v if v.get("tokensPerSecond", 0) > 0 and v.get("costPer1KTokens") else None
+
+    v = wait_until(rising, 60, "tokens/s measured", interval=0.5)
+    assert v["costPer1KTokens"] > 0
+    assert st["cost"]["usd"] < md_status(k, ns, "chat")["cost"]["usd"], "cost accrues while replicas run"
+
+    # No PodMonitoring CRD in this cluster: none was applied.
+    if not _served(k, "monitoring.googleapis.com/v1", "PodMonitoring"):
+        assert k.get_safe("monitoring.googleapis.com/v1", "PodMonitoring", ns, "chat") is None
+
+
+def _served(k: Kube, api_version: str, kind: str) -> bool:
+    try:
+        k.dyn.resources.get(api_version=api_version, kind=kind)
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture
+def podmonitoring_crd(kube_api):
+    """Install the PodMonitoring test-fixture CRD (it stays for the rest of the session)."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    ext = client.ApiextensionsV1Api(kube_api.dyn.client)
+    crd = yaml.safe_load((ROOT / "tests/fixtures/test_fixture_podmonitoring_crd.yaml").read_text())
+    try:
+        ext.create_custom_resource_definition(crd)
+    except ApiException as e:
+        if e.status != 409:
+            raise
+    wait_until(lambda: any(c.type == "Established" and c.status == "True" for c in
+                           ext.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions or []),
+               30, "PodMonitoring CRD Established")
+    kube_api.dyn.resources.invalidate_cache()
+    return kube_api
+
+
+def test_podmonitoring_when_the_cluster_has_the_crd(podmonitoring_crd, operator, double):
+    k, ns = podmonitoring_crd, operator["ns"]
+    create(k, ns, model_deployment("chat", gateway=False))
+    pm = wait_until(lambda: k.get("monitoring.googleapis.com/v1", "PodMonitoring", ns, "chat"), 60, "PodMonitoring")
+    assert pm["spec"]["selector"] == {"matchLabels": {"llmforge.dev/modeldeployment": "chat"}}
+    assert pm["spec"]["endpoints"][0]["port"] == "http" and pm["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert pm["metadata"]["ownerReferences"][0]["name"] == "chat"
 
 
 def test_promotion_blocked_until_evaluation_passed_then_steps_and_promotes(kube_api, operator, double):
