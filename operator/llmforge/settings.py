@@ -35,6 +35,12 @@ class Settings(BaseModel):
     """Namespace holding the pricing ConfigMap."""
     pricing_configmap: str = "llmforge-pricing"
     """ConfigMap overriding the built-in price table (key prices.yaml); optional."""
+    peering: str = ""
+    """kopf peering object name (a ClusterKopfPeering, or a KopfPeering per watched namespace). Empty: run
+    standalone, for exactly one replica. Set it when running several replicas: the replica with the highest
+    peering_priority works, the others stand by until its keep-alive lapses (60 s)."""
+    peering_priority: int = Field(default=0, ge=0, le=2**31 - 1)
+    """This replica's kopf peering priority; 0 picks a random one at start, so replicas never tie."""
     field_manager: str = "llmforge"
     """Server-side apply field manager."""
     progress_interval_seconds: float = Field(default=15.0, gt=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 
 import kopf
 from prometheus_client import start_http_server
@@ -36,9 +37,15 @@ def run_operator(settings: Settings) -> int:
         start_http_server(settings.metrics_port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     namespaces = settings.namespaces
+    # kopf peering is not a lock: same-priority peers all keep working. Distinct priorities make it one
+    # active replica and hot standbys.
+    peering = {"standalone": True}
+    if settings.peering:
+        priority = settings.peering_priority or random.SystemRandom().randint(1, 2**31 - 1)
+        peering = {"standalone": False, "peering_name": settings.peering, "priority": priority}
     # kopf 1.45 iterates `namespaces` even when cluster-wide: pass an empty list, never None.
     asyncio.run(kopf.operator(
         clusterwide=not namespaces, namespaces=namespaces or [], liveness_endpoint=settings.liveness,
-        standalone=True,
+        **peering,
     ))
     return 0
