@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HOME := $(LLMFORGE_CACHE)/hf
 
-.PHONY: setup setup-python setup-k8s test test-unit test-k8s test-ml test-vllm crds lint demo cluster-up cluster-down bench
+.PHONY: setup setup-python setup-k8s test test-unit test-k8s test-ml test-vllm crds docs chart lint demo cluster-up cluster-down bench
 
 # The Go build is CPU-bound and the venv build network-bound: run them side by side.
 setup:
@@ -38,6 +38,14 @@ test-vllm: setup-python
 
 crds: setup-python
 	@$(PY) -m llmforge.cli.main crds --out crds
+
+# docs/api.md from the API models (a test fails on drift).
+docs: setup-python
+	@$(PY) -m llmforge.cli.main docs --out docs/api.md
+
+# The chart's generated files: crds/, values.schema.json, argocd/argocd-cm.yaml (a test fails on drift).
+chart: crds
+	@$(PY) scripts/chartgen.py
 
 lint: setup-python
 	@$(PY) -m ruff check operator trainer-image server-image tests bench
