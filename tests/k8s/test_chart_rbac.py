@@ -1,4 +1,4 @@
-"""The chart's RBAC against what the operator really does.
+"""The chart's RBAC against what the operator really does, and the Argo CD health checks on what it writes.
 
 On a local control plane with the kube-apiserver audit log on, install the chart (ServiceAccount + RBAC),
 mint a token for that ServiceAccount with the TokenRequest API and run the real operator with it, so every
@@ -9,6 +9,7 @@ then read the audit log:
   i.e. PATCH answered 201, also needs `create`);
 - every permission granted is either used here or listed in UNUSED_HERE with the reason: the list can only
   shrink as more reconcilers are exercised, and a permission nobody needs shows up as a failure.
+The same run feeds the Argo CD FineTuneJob health check the statuses the operator really wrote.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,7 @@ from kubernetes import client
 
 from llmforge.devcluster import LocalCluster, assets
 from tests.cases import ftj
+from tests.unit.test_argocd_health import CHECKS, run_health
 
 pytestmark = pytest.mark.k8s
 
@@ -103,17 +106,33 @@ def _granted(rendered: str) -> set[tuple[str, str, str]]:
 
 def _calls(audit_log: str, user: str) -> list[dict]:
     events = [json.loads(line) for line in Path(audit_log).read_text().splitlines() if line.strip()]
-    return [e for e in events if e["user"]["username"] == user and e["stage"] == "ResponseComplete"
-            and e.get("objectRef")]
+    # Watches still open have only a ResponseStarted event; finished requests end with ResponseComplete.
+    latest: dict[str, dict] = {}
+    for e in events:
+        if e["user"]["username"] == user and e.get("objectRef") and e["stage"] in ("ResponseStarted",
+                                                                                    "ResponseComplete"):
+            latest[e["auditID"]] = e
+    return list(latest.values())
 
 
-def test_operator_reconciles_with_exactly_the_chart_rbac(audited_cluster, tmp_path):
-    local = audited_cluster
+@dataclass
+class Run:
+    local: LocalCluster
+    ns_sys: str
+    ns: str
+    granted: set[tuple[str, str, str]]
+    log: Path
+    proc: subprocess.Popen
+
+
+@pytest.fixture(scope="module")
+def operator_as_chart_sa(audited_cluster, tmp_path_factory):
+    """The chart installed (without the operator Deployment), and `llmforge operator` running locally with a
+    TokenRequest token of the chart's ServiceAccount: every call it makes is judged by the chart's RBAC."""
+    local, tmp = audited_cluster, tmp_path_factory.mktemp("operator")
     ns_sys, ns = "llmforge-system", f"ml-{uuid.uuid4().hex[:6]}"
-    values = ["--set", "operator.enabled=false"]  # we run the operator here, as the chart's ServiceAccount
-    _helm(local, "install", RELEASE, str(CHART), "-n", ns_sys, "--create-namespace", *values)
-    rendered = _helm(local, "get", "manifest", RELEASE, "-n", ns_sys)
-    granted = _granted(rendered)
+    _helm(local, "install", RELEASE, str(CHART), "-n", ns_sys, "--create-namespace", "--set", "operator.enabled=false")
+    granted = _granted(_helm(local, "get", "manifest", RELEASE, "-n", ns_sys))
     assert granted
 
     with _api(local) as api:
@@ -127,45 +146,22 @@ def test_operator_reconciles_with_exactly_the_chart_rbac(audited_cluster, tmp_pa
             assert time.monotonic() < deadline
             time.sleep(0.2)
 
-    kubeconfig = tmp_path / "operator.kubeconfig"
+    kubeconfig = tmp / "operator.kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "sa",
         "clusters": [{"name": "local", "cluster": {"server": local.server, "certificate-authority": local.ca_file}}],
         "users": [{"name": "sa", "user": {"token": token}}],
         "contexts": [{"name": "sa", "context": {"cluster": "local", "user": "sa"}}]}))
-    log = tmp_path / "operator.log"
+    log = tmp / "operator.log"
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "LLMFORGE_OPERATOR_NAMESPACE": ns_sys,
            "LLMFORGE_METRICS_PORT": "0", "LLMFORGE_LIVENESS": "http://127.0.0.1:0/healthz",
            "LLMFORGE_PROGRESS_INTERVAL_SECONDS": "2", "LLMFORGE_COST_INTERVAL_SECONDS": "2",
            "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("operator", "trainer-image", "server-image"))}
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "llmforge.cli.main", "operator"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, cwd=tmp_path)
+                                stderr=subprocess.STDOUT, cwd=tmp)
     try:
-        resource = ftj(resources={"accelerator": "nvidia-l4", "count": 1},
-                       training={"batchSize": 1, "maxSeqLength": 1024})
-        resource["metadata"] = {"name": "rbac-check", "namespace": ns}
-        with _api(local) as api:
-            objs = client.CustomObjectsApi(api)
-            objs.create_namespaced_custom_object("llmforge.dev", "v1alpha1", ns, "finetunejobs", resource)
-            deadline, status = time.monotonic() + 120, {}
-            while time.monotonic() < deadline and proc.poll() is None:
-                status = objs.get_namespaced_custom_object("llmforge.dev", "v1alpha1", ns, "finetunejobs",
-                                                           "rbac-check").get("status") or {}
-                if status.get("phase") == "Failed" or (
-                        status.get("phase") in ("Running", "Succeeded") and status.get("jobName")):
-                    break
-                time.sleep(1)
-            assert status.get("phase") in ("Running", "Succeeded"), (status, log.read_text()[-3000:])
-            job = client.BatchV1Api(api).read_namespaced_job(status["jobName"], ns)
-            assert job.metadata.labels["app.kubernetes.io/managed-by"] == "llmforge"
-            time.sleep(6)  # let a timer tick (progress/cost) run with the same credentials
-            objs.delete_namespaced_custom_object("llmforge.dev", "v1alpha1", ns, "finetunejobs", "rbac-check")
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                if not objs.list_namespaced_custom_object("llmforge.dev", "v1alpha1", ns, "finetunejobs")["items"]:
-                    break
-                time.sleep(0.5)
+        yield Run(local, ns_sys, ns, granted, log, proc)
     finally:
         proc.terminate()
         try:
@@ -173,7 +169,81 @@ def test_operator_reconciles_with_exactly_the_chart_rbac(audited_cluster, tmp_pa
         except subprocess.TimeoutExpired:
             proc.kill()
 
-    text = log.read_text()
+
+def _wait_phase(run: Run, name: str, phases: tuple[str, ...], timeout: float = 120) -> dict:
+    with _api(run.local) as api:
+        objs = client.CustomObjectsApi(api)
+        deadline, obj = time.monotonic() + timeout, {}
+        while time.monotonic() < deadline and run.proc.poll() is None:
+            obj = objs.get_namespaced_custom_object("llmforge.dev", "v1alpha1", run.ns, "finetunejobs", name)
+            status = obj.get("status") or {}
+            if status.get("phase") in phases and status.get("observedGeneration") == obj["metadata"]["generation"]:
+                return obj
+            time.sleep(1)
+    pytest.fail(f"{name}: phase not in {phases}: {obj.get('status')}\n{run.log.read_text()[-3000:]}")
+
+
+def _create(run: Run, name: str, **spec) -> None:
+    resource = ftj(**spec)
+    resource["metadata"] = {"name": name, "namespace": run.ns}
+    with _api(run.local) as api:
+        client.CustomObjectsApi(api).create_namespaced_custom_object("llmforge.dev", "v1alpha1", run.ns,
+                                                                     "finetunejobs", resource)
+
+
+def test_argocd_health_of_live_finetunejobs(operator_as_chart_sa):
+    """What the operator really writes reads right in Argo CD: running -> Progressing with progress, a job
+    that cannot fit -> Degraded with the operator's reason. Set LLMFORGE_CAPTURE_DIR to keep the objects."""
+    run = operator_as_chart_sa
+    script = (CHECKS / "FineTuneJob" / "health.lua").read_text()
+    _create(run, "fits", resources={"accelerator": "nvidia-l4", "count": 1},
+            training={"batchSize": 1, "maxSeqLength": 1024})
+    _create(run, "too-big", resources={"accelerator": "nvidia-l4", "count": 1})
+    fits = _wait_phase(run, "fits", ("Running", "Succeeded"))
+    too_big = _wait_phase(run, "too-big", ("Failed",))
+    with _api(run.local) as api:
+        job = client.BatchV1Api(api).read_namespaced_job(fits["status"]["jobName"], run.ns)
+        assert job.metadata.labels["app.kubernetes.io/managed-by"] == "llmforge"
+
+    health = run_health(script, fits)
+    expected = {"Running": "Progressing", "Succeeded": "Healthy"}[fits["status"]["phase"]]
+    assert health["status"] == expected, (health, fits["status"])
+    assert health["message"].startswith(fits["status"]["phase"])
+    health = run_health(script, too_big)
+    assert health["status"] == "Degraded", (health, too_big["status"])
+    assert "GiB" in health["message"], health  # the operator's own explanation reaches the Argo CD UI
+
+    # Stale status: bump the generation (suspend, the one mutable field) and read it before the operator does.
+    stale = dict(fits, metadata={**fits["metadata"], "generation": fits["metadata"]["generation"] + 1})
+    assert run_health(script, stale)["status"] == "Progressing"
+
+    if os.environ.get("LLMFORGE_CAPTURE_DIR"):
+        for name, obj in ((f"captured_{fits['status']['phase'].lower()}", fits), ("captured_does_not_fit", too_big)):
+            meta = {k: obj["metadata"][k] for k in ("name", "namespace", "generation", "creationTimestamp")}
+            Path(os.environ["LLMFORGE_CAPTURE_DIR"], f"{name}.yaml").write_text(yaml.safe_dump(
+                {**obj, "metadata": meta}, sort_keys=False))
+
+
+def test_operator_reconciles_with_exactly_the_chart_rbac(operator_as_chart_sa):
+    run = operator_as_chart_sa
+    local, ns_sys, ns, granted = run.local, run.ns_sys, run.ns, run.granted
+    _create(run, "rbac-check", resources={"accelerator": "nvidia-l4", "count": 1},
+            training={"batchSize": 1, "maxSeqLength": 1024})
+    _wait_phase(run, "rbac-check", ("Running", "Succeeded"))
+    time.sleep(6)  # let a timer tick (progress/cost) run with the same credentials
+    with _api(local) as api:
+        objs = client.CustomObjectsApi(api)
+        objs.delete_namespaced_custom_object("llmforge.dev", "v1alpha1", ns, "finetunejobs", "rbac-check")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            names = [o["metadata"]["name"] for o in
+                     objs.list_namespaced_custom_object("llmforge.dev", "v1alpha1", ns, "finetunejobs")["items"]]
+            if "rbac-check" not in names:
+                break
+            time.sleep(0.5)
+    assert run.proc.poll() is None, run.log.read_text()[-3000:]
+
+    text = run.log.read_text()
     assert "forbidden" not in text.lower() and " 403" not in text, text[-4000:]
 
     calls = _calls(local.audit_log, f"system:serviceaccount:{ns_sys}:{SA}")
