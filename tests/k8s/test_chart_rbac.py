@@ -28,6 +28,7 @@ import yaml
 from kubernetes import client
 
 from llmforge.devcluster import LocalCluster, assets
+from llmforge.devcluster.cluster import free_port
 from tests.cases import ftj
 from tests.unit.test_argocd_health import CHECKS, run_health
 
@@ -154,7 +155,7 @@ def operator_as_chart_sa(audited_cluster, tmp_path_factory):
         "contexts": [{"name": "sa", "context": {"cluster": "local", "user": "sa"}}]}))
     log = tmp / "operator.log"
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "LLMFORGE_OPERATOR_NAMESPACE": ns_sys,
-           "LLMFORGE_METRICS_PORT": "0", "LLMFORGE_LIVENESS": "http://127.0.0.1:0/healthz",
+           "LLMFORGE_METRICS_PORT": "0", "LLMFORGE_LIVENESS": f"http://127.0.0.1:{free_port()}/healthz",
            "LLMFORGE_PROGRESS_INTERVAL_SECONDS": "2", "LLMFORGE_COST_INTERVAL_SECONDS": "2",
            "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("operator", "trainer-image", "server-image"))}
     with log.open("w") as out:
