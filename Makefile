@@ -36,8 +36,10 @@ test-ml: setup-python
 test-vllm: setup-python
 	@$(PY) -m pytest -q -m vllm
 
+# CRDs from the API models, then everything derived from them (chart CRDs, values schema, argocd-cm).
 crds: setup-python
 	@$(PY) -m llmforge.cli.main crds --out crds
+	@$(PY) scripts/chartgen.py
 
 # docs/api.md from the API models (a test fails on drift).
 docs: setup-python

@@ -51,6 +51,14 @@ class Settings(BaseModel):
     """Where the local runtime keeps specs, logs and termination messages."""
     trainer_metrics_port: int = Field(default=9090, ge=1, le=65535)
     """Port of the trainer's progress endpoint inside its pod."""
+    analysis_interval_seconds: float = Field(default=30.0, gt=0)
+    """How often serving pods' /metrics and /v1/models are read, canary promotion is decided and
+    ModelDeployment status and cost are refreshed (seconds)."""
+    serving_url_template: str = "http://{pod_ip}:{port}"
+    """Base URL of a serving pod's HTTP API; placeholders {pod_ip}, {port}, {pod}, {namespace}, {variant},
+    {name}. Tests point it at a stand-in server; in a cluster keep the default."""
+    serving_http_timeout_seconds: float = Field(default=3.0, gt=0)
+    """Timeout for one /metrics or /v1/models request to a serving pod (seconds)."""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

@@ -97,9 +97,8 @@ def test_printer_columns_names_and_categories():
 def test_defaults_live_in_the_schema():
     spec = crd_for(KINDS["FineTuneJob"])["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert spec["properties"]["method"]["default"] == "qlora"
-    # Whole objects, not {}: the apiserver validates a default against the object's CEL rules.
     assert spec["properties"]["lora"]["default"] == {"r": 16, "alpha": 32.0, "dropout": 0.05,
-                                                     "targetModules": ["all-linear"]}
+                                                      "targetModules": ["all-linear"]}
     assert spec["properties"]["lora"]["properties"]["targetModules"]["default"] == ["all-linear"]
     assert spec["properties"]["training"]["properties"]["learningRate"]["default"] == 2e-4
 

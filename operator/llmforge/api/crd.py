@@ -166,9 +166,9 @@ def _attach(schema: dict[str, Any], model: type[BaseModel], with_defaults: bool)
             continue
         if with_defaults and field.default_factory is not None:
             value = field.default_factory()
-            # A full object, not {}: the apiserver checks defaults against the object's CEL rules.
-            prop["default"] = value.model_dump(by_alias=True, exclude_none=True, mode="json") \
-                if isinstance(value, BaseModel) else value
+            # The apiserver checks defaults against CEL rules as written, so spell them out in full.
+            prop["default"] = (value.model_dump(by_alias=True, exclude_none=True, mode="json")
+                               if isinstance(value, BaseModel) else value)
         sub = _model_of(field)
         if sub is not None:
             target = prop

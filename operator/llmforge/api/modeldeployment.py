@@ -211,6 +211,10 @@ class ModelDeploymentStatus(CommonStatus):
     """Index into promotion.steps."""
     step_started_at: str | None = None
     """When the current promotion step began."""
+    promotion_phase: Literal["Progressing", "Promoted", "RolledBack"] | None = None
+    """Where the canary's promotion stands; Promoted and RolledBack are final for that canary."""
+    canary_revision: str | None = None
+    """Hash of the spec.canary the promotion state belongs to; a changed canary starts over."""
     variants: list[VariantStatus] | None = None
     """Per-variant state."""
     scaling_history: list[HistoryEntry] | None = None

@@ -20,10 +20,11 @@ def register() -> None:
     """Register create/update/resume handlers for every kind (idempotent per kopf registry)."""
     for kind, plural in KINDS.items():
         _register_kind(kind, plural)
-    from . import finetunejob
+    from . import finetunejob, modeldeployment
     from .run import SETTINGS
 
     finetunejob.register(SETTINGS)
+    modeldeployment.register(SETTINGS)
 
 
 def _register_kind(kind: str, plural: str) -> None:

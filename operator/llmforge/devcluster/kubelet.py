@@ -118,6 +118,10 @@ class LocalKubelet:
             self._thread.join(timeout=10)
         for run in list(self.running.values()):
             self._kill(run)
+        try:  # a node nobody serves would go NotReady and confuse the scheduler's users
+            self.core.delete_node(self.node_name)
+        except Exception as exc:
+            print(f"local-kubelet: could not delete node: {exc}", file=sys.stderr)
 
     def run(self) -> None:
         last_beat = 0.0
