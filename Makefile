@@ -36,17 +36,19 @@ test-ml: setup-python
 test-vllm: setup-python
 	@$(PY) -m pytest -q -m vllm
 
-# CRDs from the API models, then everything derived from them (chart CRDs, values schema, argocd-cm).
+# CRDs from the API models, then everything derived from them (chart CRDs, values schema, argocd-cm,
+# docs/api.md).
 crds: setup-python
 	@$(PY) -m llmforge.cli.main crds --out crds
 	@$(PY) scripts/chartgen.py
+	@$(PY) -m llmforge.cli.main docs --out docs/api.md
 
 # docs/api.md from the API models (a test fails on drift).
 docs: setup-python
 	@$(PY) -m llmforge.cli.main docs --out docs/api.md
 
 # The chart's generated files: crds/, values.schema.json, argocd/argocd-cm.yaml (a test fails on drift).
-chart: crds
+chart: setup-python
 	@$(PY) scripts/chartgen.py
 
 lint: setup-python
