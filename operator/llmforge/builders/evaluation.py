@@ -19,9 +19,9 @@ import yaml
 from ..api.contract import EXIT_INVALID_INPUT, TERMINATION_LOG
 from ..api.evaluation import Evaluation
 from ..api.finetunejob import FineTuneJob
+from ..estimate import serving_accelerator
 from ..settings import Settings
 from . import common
-from .gke import serving_accelerator
 
 COMPONENT = "evaluator"
 CONTAINER = "eval"
