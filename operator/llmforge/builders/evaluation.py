@@ -152,7 +152,7 @@ def build_job(resource: dict[str, Any], settings: Settings, model: ResolvedModel
         "containers": [container],
         "volumes": [{"name": "spec", "configMap": {"name": configmap_name(name)}},
                     {"name": "tmp", "emptyDir": {}}],
-        **common.placement(model.accelerator, count, res.spot),
+        **common.placement(model.accelerator, count, res.spot, settings.runtime),
     }
     if spec.service_account_name:
         pod_spec["serviceAccountName"] = spec.service_account_name

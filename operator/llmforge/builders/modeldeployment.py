@@ -255,7 +255,7 @@ def build_deployment(md: ModelDeployment, plan: VariantPlan, config: dict[str, A
             # vLLM's tensor-parallel workers talk through shared memory.
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
         ],
-        **placement(accelerator, spec.resources.count, spec.resources.spot),
+        **placement(accelerator, spec.resources.count, spec.resources.spot, settings.runtime),
     }
     if spec.service_account_name:
         pod_spec["serviceAccountName"] = spec.service_account_name
