@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from kubernetes.client.rest import ApiException
+
 from llmforge import kube
 from llmforge.pricing import DEFAULT_PRICES
 from llmforge.status.finetunejob import parse_time
-
 from tests.cases import SEMANTIC_CASES
 from tests.k8s.ftj_support import (
     FTJ,
@@ -64,7 +64,20 @@ def crds(k8s_cluster):
 
 @pytest.fixture
 def ns(k8s_cluster, k8s_namespace, crds):
-    return k8s_namespace
+    yield k8s_namespace
+    # Pods that never reached a node keep the Job's tracking finalizer until PodGC forces them (20 s), and
+    # the namespace controller backs off meanwhile: clear them so the namespace goes in one pass.
+    for job in jobs(k8s_namespace):  # first, or the Job controller replaces the pods we delete
+        kube.delete("batch/v1", "Job", k8s_namespace, job["metadata"]["name"])
+    for pod in pods(k8s_namespace):
+        name = pod["metadata"]["name"]
+        try:
+            kube.merge_patch("v1", "Pod", k8s_namespace, name, {"metadata": {"finalizers": None}})
+            kube.delete("v1", "Pod", k8s_namespace, name, grace_seconds=0)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+    wait_until(lambda: not pods(k8s_namespace), 30, "test pods gone")
 
 
 @pytest.fixture

@@ -41,6 +41,9 @@ PRICES_TTL_SECONDS = 60.0
 
 _locks: dict[tuple[str, str], asyncio.Lock] = {}
 _active: set[tuple[str, str]] = set()
+_queued: set[tuple[str, str]] = set()
+#: Threads for blocking API calls (asyncio's default is cores + 4, too few for many jobs' I/O).
+API_THREADS = 32
 _prices: tuple[float, PriceTable] | None = None
 
 
@@ -210,6 +213,7 @@ async def reconcile(model: Any, body: kopf.Body, patch: kopf.Patch, logger: Any,
 async def refresh(namespace: str, name: str, logger: Any, read_progress: bool = False) -> None:
     """Recompute one FineTuneJob's status from the API's current view and write it to /status."""
     async with _lock(namespace, name):
+        _queued.discard((namespace, name))
         try:
             current = await asyncio.to_thread(kube.get, API_VERSION, KIND, namespace, name)
             if current is None or current.get("metadata", {}).get("deletionTimestamp"):
@@ -232,10 +236,16 @@ async def refresh(namespace: str, name: str, logger: Any, read_progress: bool = 
 
 
 async def child_changed(namespace: str, labels: dict[str, str], logger: Any, **_: Any) -> None:
-    """A Job or Pod of ours changed: recompute its FineTuneJob's status now."""
+    """A Job or Pod of ours changed: recompute its FineTuneJob's status now.
+
+    Bursts coalesce: while a refresh for the same job waits for the lock, later events add nothing (that
+    refresh has not read anything yet, so it will see them); once it has started, a new event queues one more.
+    """
     name = labels.get(FTJ_LABEL)
-    if name and namespace:
-        await refresh(namespace, name, logger)
+    if not name or not namespace or (namespace, name) in _queued:
+        return
+    _queued.add((namespace, name))
+    await refresh(namespace, name, logger)
 
 
 def _track(namespace: str, name: str, status: dict[str, Any]) -> None:
@@ -306,6 +316,9 @@ def register(settings: Settings) -> None:
 
     @kopf.on.startup(id="finetunejobs-status-loop")
     async def _start_loop(logger: Any, **_: Any) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(API_THREADS, "llmforge-api"))
         tasks.append(asyncio.create_task(status_loop(interval, logger)))
 
     @kopf.on.cleanup(id="finetunejobs-status-loop-stop")

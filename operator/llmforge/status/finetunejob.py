@@ -268,6 +268,9 @@ def compute_status(resource: dict[str, Any], job: dict[str, Any] | None, pods: l
     old = dict(resource.get("status") or {})
     spec = resource.get("spec") or {}
     gen = resource.get("metadata", {}).get("generation")
+    if job is None and old.get("phase") in ("Succeeded", "Failed") and old.get("jobName"):
+        # Finished, and the Job has since been deleted (by a person or a TTL): the record stands.
+        return {**old, "observedGeneration": gen}
     conds = list(old.get("conditions") or [])
     attempts = merge_attempts(old.get("attempts"), pods, now)
     running_pods = [p for p in pods if p.get("status", {}).get("phase") == "Running"
