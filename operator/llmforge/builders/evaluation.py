@@ -21,7 +21,7 @@ from ..api.evaluation import Evaluation
 from ..api.finetunejob import FineTuneJob
 from ..settings import Settings
 from . import common
-from .gke import serving_accelerator
+from .modeldeployment import serving_accelerator
 
 COMPONENT = "evaluator"
 CONTAINER = "eval"
