@@ -19,9 +19,9 @@ import yaml
 from ..api.contract import EXIT_INVALID_INPUT, TERMINATION_LOG
 from ..api.evaluation import Evaluation
 from ..api.finetunejob import FineTuneJob
+from ..estimate import serving_accelerator
 from ..settings import Settings
 from . import common
-from .modeldeployment import serving_accelerator
 
 COMPONENT = "evaluator"
 CONTAINER = "eval"
@@ -152,7 +152,7 @@ def build_job(resource: dict[str, Any], settings: Settings, model: ResolvedModel
         "containers": [container],
         "volumes": [{"name": "spec", "configMap": {"name": configmap_name(name)}},
                     {"name": "tmp", "emptyDir": {}}],
-        **common.placement(model.accelerator, count, res.spot),
+        **common.placement(model.accelerator, count, res.spot, settings.runtime),
     }
     if spec.service_account_name:
         pod_spec["serviceAccountName"] = spec.service_account_name
