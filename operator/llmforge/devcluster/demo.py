@@ -73,10 +73,11 @@ def watch(kubeconfig: str, timeout: float) -> dict[str, str]:
     deadline, last = time.monotonic() + timeout, ""
     while time.monotonic() < deadline:
         table = kubectl(kubeconfig, "get", "llmforge", check=False)
-        if table != last:
+        shown = "\n".join(line.rsplit(None, 1)[0] for line in table.splitlines() if line.strip())  # minus AGE
+        if shown != last:
             print(f"\n$ kubectl get llmforge   # t+{int(timeout - (deadline - time.monotonic()))}s\n{table}",
                   end="", flush=True)
-            last = table
+            last = shown
         state = phases(kubeconfig)
         done = (state.get("FineTuneJob") == "Succeeded" and state.get("Evaluation") in ("Succeeded", "Failed")
                 and state.get("ModelDeployment") == "Ready")
