@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     build_assets(ROOT)
 
     say("2/5 starting a local control plane, the local kubelet and the operator (runtime: local)")
+    for stale in ("cluster", "pods", "runs"):  # every run starts from an empty cluster and no outputs
+        shutil.rmtree(ROOT / stale, ignore_errors=True)
     cluster = LocalCluster(work_dir=ROOT / "cluster", die_with_parent=not args.keep)
     cluster.start()
     kubeconfig = cluster.kubeconfig

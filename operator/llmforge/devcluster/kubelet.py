@@ -161,6 +161,9 @@ class LocalKubelet:
                 self._delete(pod, run)
                 continue
             if run is None and uid not in self.finished:
+                if pod.status and pod.status.phase in ("Succeeded", "Failed"):
+                    self.finished.add(uid)  # ran under an earlier kubelet; never run a finished pod again
+                    continue
                 self._launch(pod)
             elif run is not None:
                 self._check(run)
