@@ -23,12 +23,12 @@ import yaml
 from .. import API_VERSION
 from ..api.common import Resources
 from ..api.modeldeployment import ModelDeployment, ServedModel
+from ..api.serving import SERVE_PORT
 from ..estimate import serving_accelerator
 from ..pricing import DEFAULT_PRICES, PriceTable
 from ..settings import Settings
 from .common import container_security_context, placement, pod_security_context, resources
 
-SERVE_PORT = 8000  # llmforge.api.serving.SERVE_PORT on the server branch
 CONFIG_DIR = "/etc/llmforge"
 CONFIG_FILE = "serve.yaml"
 CACHE_DIR = "/var/cache/llmforge"
