@@ -187,3 +187,14 @@ def test_tracker_outage_mid_run_is_counted_and_cooled_down():
         stop.set()
         t.join()
         srv.close()
+
+
+def test_job_tags_from_metadata_else_operator_env():
+    from llmforge_trainer.tracking import job_tags
+
+    env = {"LLMFORGE_NAMESPACE": "ns-env", "LLMFORGE_NAME": "n-env", "LLMFORGE_UID": "u-env"}
+    t = job_tags({"name": "n", "namespace": "ns", "uid": "u"}, "gs://b/o", "m", env=env)
+    assert (t["llmforge.namespace"], t["llmforge.name"], t["llmforge.uid"]) == ("ns", "n", "u")
+    t = job_tags({}, "gs://b/o", "m", env=env)
+    assert (t["llmforge.namespace"], t["llmforge.name"], t["llmforge.uid"]) == ("ns-env", "n-env", "u-env")
+    assert t["llmforge.output_uri"] == "gs://b/o"

@@ -32,7 +32,7 @@ GRAD_ACCUM = 2
 def qlora_job(model_dir: Path, data_dir: Path, out_uri: str, tracking_uri: str | None = None, **training) -> dict:
     """A FineTuneJob manifest for the tiny model (shared by the trainer tests)."""
     t = {"maxSteps": MAX_STEPS, "batchSize": 8, "gradientAccumulationSteps": 1, "learningRate": 0.002,
-         "loggingSteps": LOGGING_STEPS, "maxSeqLength": 256, "evalSteps": 6, "warmupRatio": 0.0, "seed": 7}
+         "loggingSteps": LOGGING_STEPS, "maxSeqLength": 256, "evalSteps": 4, "warmupRatio": 0.0, "seed": 7}
     t.update(training)
     doc = {
         "apiVersion": "llmforge.dev/v1alpha1", "kind": "FineTuneJob",
@@ -67,6 +67,8 @@ class Spy:
         self.substeps_before_step: list[int] = []
         self._subs = 0
         self.scrapes: list[str] = []
+        self.repacked_at: list[int] = []
+        self.linear4bit: list = []
 
     @staticmethod
     def _base_state(model) -> dict[str, bytes]:
@@ -82,10 +84,15 @@ class Spy:
         self.base_before = self._base_state(model)
         for name, mod in model.named_modules():
             if isinstance(mod, bnb.nn.Linear4bit):
+                self.linear4bit.append(mod)
                 qs = mod.weight.quant_state
                 self.layers.append((name, type(mod.weight).__name__, qs.quant_type, bool(qs.nested)))
         self.lora_name = next(n for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n)
         self.lora_prev = self._lora(model)
+
+    def on_step_begin(self, args, state, control, **kw):
+        if any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in self.linear4bit):
+            self.repacked_at.append(state.global_step)
 
     def on_substep_end(self, args, state, control, model=None, **kw):
         now = self._lora(model)
@@ -175,15 +182,26 @@ def test_base_weights_unchanged_and_adapter_trained(qlora_run):
     assert any(spy.step_changes)
 
 
+def test_4bit_layers_stay_trainable_after_mid_run_evaluation(qlora_run):
+    # bitsandbytes 0.50 on AVX512-BF16 CPUs repacks 4-bit weights for inference during eval (no autograd after);
+    # evaluations at steps 4 and 8 are not followed by a checkpoint save that would undo it.
+    spy = qlora_run["spy"]
+    assert [h["step"] for h in qlora_run["report"]["history"] if "eval_loss" in h] == [4, 8, 12]
+    assert spy.linear4bit and spy.repacked_at == []
+
+
 def test_gradient_accumulation_delays_updates(qlora_run):
     # Property 10: the adapter changes only at optimizer steps, never after an accumulation micro-step
     # (the last micro-batch of an epoch flushes early, so a step may follow fewer than N-1 micro-steps)
-    spy = qlora_run["spy"]
+    spy, params = qlora_run["spy"], qlora_run["report"]["params"]
+    # packing without flash-attention: 1 packed sequence per micro-batch, accumulation x batchSize (4)
+    accum = params["sft.gradient_accumulation_steps"]
+    assert (params["sft.per_device_train_batch_size"], accum) == (1, GRAD_ACCUM * 4)
     assert spy.substep_changes and not any(spy.substep_changes)
     assert len(spy.step_changes) == MAX_STEPS and all(spy.step_changes)
-    assert set(spy.substeps_before_step) <= set(range(GRAD_ACCUM))
+    assert set(spy.substeps_before_step) <= set(range(accum))
     epochs = math.ceil(qlora_run["report"]["history"][-1]["epoch"])
-    assert spy.substeps_before_step.count(GRAD_ACCUM - 1) >= MAX_STEPS - epochs
+    assert spy.substeps_before_step.count(accum - 1) >= MAX_STEPS - epochs
 
 
 def test_adapter_files_hold_only_adapter_weights_and_quant_config(qlora_run):

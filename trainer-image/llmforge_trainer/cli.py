@@ -79,6 +79,8 @@ def _setup_logging() -> None:
                         format=f"%(asctime)s {prefix} %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "google", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes looks for an optional CPU kernel package and warns on every run without it.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     # Progress bars are unreadable in `kubectl logs`; our own lines say the same once per logging step.
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

@@ -144,7 +144,24 @@ def load_base_model(path: str, spec: Any, described: str, device_map: Any = None
         raise invalid_input("BadBaseModel", f"cannot load {described} as a causal LM: {type(exc).__name__}: "
                             f"{exc}".strip()[:1500]) from exc
     model.config.use_cache = False  # incompatible with gradient checkpointing; irrelevant for training
+    keep_4bit_layout_trainable(model)
     return model
+
+
+def keep_4bit_layout_trainable(model: Any) -> int:
+    """Stop bitsandbytes (0.50) from repacking 4-bit weights into its CPU inference layout during evaluation.
+
+    On a CPU with AVX512-BF16, ``Linear4bit.forward`` in eval mode converts its weight, permanently, to a layout
+    whose matmul (``gemv_4bit``) has no autograd kernel. Training after a mid-run evaluation would then backprop
+    through it ("may lead to silently incorrect behavior"): gradients to earlier layers' adapters go wrong until
+    a checkpoint save happens to convert the weights back. Returns how many layers were switched off.
+    """
+    n = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
 
 
 def prepare_for_training(model: Any, spec: Any):

@@ -91,6 +91,13 @@ def reset_client() -> None:
     _client = None
 
 
+def _retry():
+    """Retry transient GCS errors on uploads too (our writes are idempotent: same content, same name)."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY
+
+
 def _gcs_error(op: str, uri: str, exc: Exception) -> TrainError:
     from google.api_core import exceptions as gexc
 
@@ -145,7 +152,7 @@ def write_bytes(uri: str, data: bytes) -> None:
             raise
         return
     try:
-        gcs_client().bucket(loc.bucket).blob(loc.path).upload_from_string(data)
+        gcs_client().bucket(loc.bucket).blob(loc.path).upload_from_string(data, retry=_retry())
     except Exception as exc:  # noqa: BLE001
         raise _gcs_error("write", uri, exc) from exc
 
@@ -194,7 +201,7 @@ def upload_dir(local_dir: str | os.PathLike, uri: str, skip: tuple[str, ...] = (
         else:
             try:
                 gcs_client().bucket(loc.bucket).blob(f"{loc.path.rstrip('/')}/{rel}").upload_from_filename(
-                    str(root / rel))
+                    str(root / rel), retry=_retry())
             except Exception as exc:  # noqa: BLE001
                 raise _gcs_error("upload", join(uri, rel), exc) from exc
     return files

@@ -154,12 +154,19 @@ class Tracker:
                 "calls_lost": dict(self.lost), "run_created": self.active}
 
 
-def job_tags(metadata: dict[str, Any], output_uri: str, base_model: str) -> dict[str, str]:
-    """Tags from the FineTuneJob's metadata (namespace/name/uid) plus where the output goes."""
+def job_tags(metadata: dict[str, Any], output_uri: str, base_model: str,
+             env: dict[str, str] | None = None) -> dict[str, str]:
+    """Tags from the FineTuneJob's metadata (namespace/name/uid; else the operator's LLMFORGE_NAMESPACE,
+    LLMFORGE_NAME, LLMFORGE_UID env) plus where the output goes."""
+    env = os.environ if env is None else env
+
+    def get(key: str) -> str:
+        return metadata.get(key) or env.get(f"LLMFORGE_{key.upper()}") or ""
+
     return {
-        f"{TAG_PREFIX}namespace": metadata.get("namespace") or "",
-        f"{TAG_PREFIX}name": metadata.get("name") or "",
-        f"{TAG_PREFIX}uid": metadata.get("uid") or "",
+        f"{TAG_PREFIX}namespace": get("namespace"),
+        f"{TAG_PREFIX}name": get("name"),
+        f"{TAG_PREFIX}uid": get("uid"),
         f"{TAG_PREFIX}kind": "FineTuneJob",
         f"{TAG_PREFIX}output_uri": output_uri,
         f"{TAG_PREFIX}base_model": base_model,

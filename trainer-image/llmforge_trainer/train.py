@@ -246,12 +246,29 @@ def _callbacks():
     return ProgressCallback, PreemptionCallback, CheckpointCallback
 
 
+def packed_batching(batch_size: int, grad_accum: int, packing: bool, attn: str) -> tuple[int, int, str | None]:
+    """(per-device batch, gradient accumulation, note). Padding-free packing flattens a whole batch into one
+    sequence; flash-attention's varlen kernels attend within each example, but SDPA computes the flattened
+    sequence's full (masked) attention, quadratic in batch x maxSeqLength. Without flash-attention we therefore
+    feed one packed sequence per micro-batch and accumulate ``batchSize`` times more: the same tokens per
+    optimizer step, a fraction of the attention work."""
+    if packing and attn != "flash_attention_2" and batch_size > 1:
+        return 1, grad_accum * batch_size, (
+            f"packing without flash-attention ({attn}): 1 packed sequence per micro-batch and gradient "
+            f"accumulation {grad_accum} x {batch_size} = {grad_accum * batch_size}, same tokens per optimizer step")
+    return batch_size, grad_accum, None
+
+
 def sft_config(spec: Any, output_dir: Path, fmt: str, has_cuda: bool, has_validation: bool,
-               strategy: str = "single", notes: list[str] | None = None):
+               strategy: str = "single", notes: list[str] | None = None, attn: str | None = None):
     """SFTConfig from the spec: one field per spec field, plus the settings our guarantees rely on."""
     from trl import SFTConfig
 
     t = spec.training
+    attn = attn or model_mod.attn_implementation()
+    batch, accum, pack_note = packed_batching(t.batch_size, t.gradient_accumulation_steps, t.packing, attn)
+    if pack_note and notes is not None:
+        notes.append(pack_note)
     optim, note = model_mod.resolve_optimizer(t.optimizer, has_cuda)
     if note and notes is not None:
         notes.append(note)
@@ -273,9 +290,9 @@ def sft_config(spec: Any, output_dir: Path, fmt: str, has_cuda: bool, has_valida
         output_dir=str(output_dir),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps if t.max_steps > 0 else -1,
-        per_device_train_batch_size=t.batch_size,
+        per_device_train_batch_size=batch,
         per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        gradient_accumulation_steps=accum,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.scheduler,
         warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio in transformers 5
