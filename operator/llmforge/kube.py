@@ -16,9 +16,12 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 #: kind -> plural for the kinds we touch.
-PLURALS = {"Namespace": "namespaces", "Job": "jobs", "Pod": "pods", "ConfigMap": "configmaps", "Secret": "secrets", "Event": "events",
+PLURALS = {"Namespace": "namespaces", "Job": "jobs", "Pod": "pods", "ConfigMap": "configmaps", "Secret": "secrets",
+           "Event": "events",
            "FineTuneJob": "finetunejobs", "Evaluation": "evaluations", "ModelDeployment": "modeldeployments",
-           "Deployment": "deployments", "Service": "services"}
+           "Deployment": "deployments", "Service": "services",
+           "HorizontalPodAutoscaler": "horizontalpodautoscalers", "PodDisruptionBudget": "poddisruptionbudgets",
+           "HTTPRoute": "httproutes", "PodMonitoring": "podmonitorings", "ServiceMonitor": "servicemonitors"}
 
 _lock = threading.Lock()
 _client: client.ApiClient | None = None
@@ -61,7 +64,9 @@ def request(method: str, url_path: str, body: Any = None, query: dict[str, str] 
     if content_type:
         headers["Content-Type"] = content_type
     if body is not None and not isinstance(body, (str, bytes)):
-        headers.setdefault("Content-Type", "application/json")  # the client serialises dicts once
+        # The client's REST layer serialises JSON bodies itself: a pre-encoded string would arrive as a
+        # JSON string (the API server then answers 500 "cannot unmarshal string").
+        headers.setdefault("Content-Type", "application/json")
     m, url, hdrs, data, post = api.param_serialize(method, url_path, query_params=list((query or {}).items()),
                                                    header_params=headers, body=body,
                                                    auth_settings=["BearerToken"])

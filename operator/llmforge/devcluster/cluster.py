@@ -48,7 +48,8 @@ class LocalCluster:
     exits, so start it from the main thread (or pass False and call stop() yourself)."""
 
     def __init__(self, work_dir: str | Path | None = None, nodes: list[dict] | None = None,
-                 build: bool = False, die_with_parent: bool = True, timeout: float = 240.0):
+                 build: bool = False, die_with_parent: bool = True, timeout: float = 240.0,
+                 audit_policy: dict | None = None):
         self._own_dir = work_dir is None
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="llmforge-k8s-")).resolve()
         self.nodes = default_nodes() if nodes is None else nodes
@@ -60,6 +61,9 @@ class LocalCluster:
         self.server = ""
         self.kubeconfig = str(self.work_dir / "kubeconfig")
         self.ca_file = str(self.work_dir / "apiserver-certs" / "apiserver.crt")
+        # Optional kube-apiserver audit log (JSON lines), e.g. to see which API calls a client really makes.
+        self.audit_policy = audit_policy
+        self.audit_log = str(self.work_dir / "audit.log") if audit_policy else ""
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> LocalCluster:
@@ -129,6 +133,7 @@ class LocalCluster:
             # which validation rejects (loopback); nothing here dials that Service.
             "--endpoint-reconciler-type=none",
             "--profiling=false",
+            *self._audit_flags(),
         ])
         api = self.api()
         self._wait("kube-apiserver", lambda: api.ok("/readyz"), deadline)
@@ -200,6 +205,14 @@ class LocalCluster:
         raise ClusterStartError(f"timed out after {self.timeout:.0f}s waiting for {what}")
 
     # -- files -------------------------------------------------------------------------------
+    def _audit_flags(self) -> list[str]:
+        if not self.audit_policy:
+            return []
+        policy = self.work_dir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(self.audit_policy, sort_keys=False))
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
+                "--audit-log-mode=blocking"]
+
     def _write_credentials(self) -> dict[str, str]:
         wd = self.work_dir
         tokens = {c: secrets.token_hex(16) for c in ("kube-controller-manager", "kube-scheduler")}
