@@ -32,6 +32,7 @@ sys.path[:0] = [str(ROOT / "operator"), str(ROOT)]
 import psutil  # noqa: E402
 import yaml  # noqa: E402
 from kubernetes import client, watch  # noqa: E402
+from kubernetes.client.rest import ApiException  # noqa: E402
 
 from llmforge import kube  # noqa: E402
 from llmforge.devcluster import LocalCluster  # noqa: E402
@@ -131,7 +132,18 @@ def run(args: argparse.Namespace, proc: psutil.Process, created: dict[str, float
         stop: threading.Event) -> tuple[float, float | None, int]:
     def make(i: int) -> None:
         name = f"b{i:05d}"
-        kube.request("POST", kube.path(*FTJ, NS), ftj_manifest(name))
+        for attempt in range(5):  # a saturated apiserver times out now and then; 409 = an earlier try landed
+            try:
+                kube.request("POST", kube.path(*FTJ, NS), ftj_manifest(name), timeout=60)
+                break
+            except ApiException as exc:
+                if exc.status == 409:
+                    break
+                if attempt == 4:
+                    raise
+            except Exception:  # noqa: BLE001 (read timeout: retry)
+                if attempt == 4:
+                    raise
         created[name] = time.monotonic()
 
     t0 = time.monotonic()
@@ -140,7 +152,10 @@ def run(args: argparse.Namespace, proc: psutil.Process, created: dict[str, float
     create_s = time.monotonic() - t0
     converged = None
     while time.monotonic() - t0 < args.timeout:
-        items = kube.request("GET", kube.path(*FTJ, NS))["items"]
+        try:
+            items = kube.request("GET", kube.path(*FTJ, NS), timeout=60)["items"]
+        except Exception:  # noqa: BLE001 (saturated apiserver: poll again)
+            continue
         done = sum(1 for o in items if (o.get("status") or {}).get("phase") == "Succeeded")
         if done == args.n:
             converged = time.monotonic() - t0
