@@ -249,15 +249,16 @@ async def child_changed(namespace: str, labels: dict[str, str], logger: Any, **_
 
 
 def _track(namespace: str, name: str, status: dict[str, Any]) -> None:
-    """Jobs still running get progress and cost refreshed by the status loop."""
-    if status.get("phase") in TERMINAL:
-        _active.discard((namespace, name))
-    else:
+    """Running jobs get progress and cost refreshed by the status loop. Nothing else changes without an
+    event of its Job or Pods (a pending or suspended job accrues nothing), so only those are polled."""
+    if status.get("phase") == "Running":
         _active.add((namespace, name))
+    else:
+        _active.discard((namespace, name))
 
 
 async def status_loop(interval: float, logger: Any) -> None:
-    """Every interval: progress and accrued cost of every unfinished job this operator has seen.
+    """Every interval: progress and accrued cost of every running job this operator has seen.
 
     One operator-wide loop rather than a kopf timer per object: kopf guards per-object timers with a
     finalizer, which would block deletion whenever the operator is down.
