@@ -23,12 +23,12 @@ import yaml
 from .. import API_VERSION
 from ..api.common import Resources
 from ..api.modeldeployment import ModelDeployment, ServedModel
+from ..api.serving import SERVE_PORT
 from ..estimate import capacity_gib, shape_from_name
 from ..pricing import DEFAULT_PRICES, PriceTable
 from ..settings import Settings
 from .common import container_security_context, placement, pod_security_context, resources
 
-SERVE_PORT = 8000  # llmforge.api.serving.SERVE_PORT on the server branch
 CONFIG_DIR = "/etc/llmforge"
 CONFIG_FILE = "serve.yaml"
 CACHE_DIR = "/var/cache/llmforge"
@@ -38,6 +38,7 @@ LABEL_MD = "llmforge.dev/modeldeployment"
 LABEL_VARIANT = "llmforge.dev/variant"
 ANNOTATION_CONFIG_HASH = "llmforge.dev/serve-config-hash"
 GATEWAY_GROUP = "gateway.networking.k8s.io"
+ROUTE_API_VERSION = f"{GATEWAY_GROUP}/v1"
 Monitoring = Literal["podmonitoring", "servicemonitor"] | None
 
 

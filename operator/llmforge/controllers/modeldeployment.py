@@ -240,6 +240,12 @@ def reconcile_sync(body: dict[str, Any], settings: Settings, k: Kube, now: datet
             inputs = b.ServingInputs(**{**inputs.__dict__, "canary_retired": True})
     plans = b.variant_plans(md, inputs)
     children = b.build_children(md, settings, inputs)
+    if md.spec.routing.gateway and not k.has_kind(b.ROUTE_API_VERSION, "HTTPRoute"):
+        # A missing Gateway API must not stop serving: skip the route, say so.
+        children = [c for c in children if c["kind"] != "HTTPRoute"]
+        events.append(("Warning", "GatewayAPIMissing", "routing.gateway is set but the cluster serves no "
+                       f"{b.ROUTE_API_VERSION} HTTPRoute: install the Gateway API CRDs; serving through the "
+                       f"shared Service {name} meanwhile"))
     for child in children:
         k.apply(child)
     built = {(c["apiVersion"], c["kind"], c["metadata"]["name"]) for c in children}
