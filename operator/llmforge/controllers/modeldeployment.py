@@ -185,6 +185,9 @@ def monitoring_kind(k: Kube) -> b.Monitoring:
 
 def _tokens_per_second(uid: str, variant: str, tokens: float, pods: int) -> float | None:
     now = time.monotonic()
+    if len(_TOKENS) > 4096:  # deleted resources leave entries behind: drop the ones not seen for an hour
+        for key in [k for k, (t, _) in _TOKENS.items() if now - t > 3600]:
+            del _TOKENS[key]
     prev = _TOKENS.get((uid, variant))
     _TOKENS[(uid, variant)] = (now, tokens)
     if pods == 0 or prev is None or now <= prev[0] or tokens < prev[1]:
