@@ -111,3 +111,19 @@ def test_waiting_for_adapter_from_an_unfinished_finetunejob():
     k.objects[("FineTuneJob", "job")]["status"]["phase"] = "Succeeded"
     c.reconcile_sync(b, Settings(), k, NOW)
     assert ("Deployment", "m-stable") in k.applied
+
+
+def test_promotion_never_advances_a_canary_that_is_not_serving():
+    k = FakeKube({"HTTPRoute"})
+    k.objects[("Evaluation", "ev")] = {"status": {"phase": "Succeeded", "conditions": [
+        {"type": "Passed", "status": "True", "reason": "Passed", "message": "all thresholds met"}]}}
+    b = body()
+    b["spec"]["canary"]["weight"] = 0
+    b["spec"]["canary"]["promotion"] = {"evaluationRef": {"name": "ev"}, "steps": [50, 100], "interval": "1s"}
+    first = c.reconcile_sync(b, Settings(), k, NOW)
+    assert first.status["promotionHistory"][-1]["action"] == "Started"
+    later = {**b, "status": first.status}
+    out = c.reconcile_sync(later, Settings(), k, NOW.replace(minute=5))  # interval long over, eval Passed
+    promoting = next(x for x in out.status["conditions"] if x["type"] == "Promoting")
+    assert promoting["reason"] == "Blocked" and "canary not serving" in promoting["message"]
+    assert out.status["canaryWeight"] == 0

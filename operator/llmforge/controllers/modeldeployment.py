@@ -221,9 +221,14 @@ def reconcile_sync(body: dict[str, Any], settings: Settings, k: Kube, now: datet
         policy = Policy(tuple(promo.steps), parse_interval(promo.interval), promo.analysis.max_error_rate,
                         promo.analysis.max_p95_latency_ms, promo.analysis.min_requests)
         cm = aggregate(observed[b.CANARY][0])
+        gate = evaluation_gate(k, namespace, promo.evaluation_ref.name)
+        _, missing = b.resolve_model(canary.model, uris)
+        if gate.passed and (missing or not observed[b.CANARY][1]):
+            # Never send more traffic to a canary that is not serving (no ready pod answered /v1/models).
+            gate = Gate(False, f"canary not serving: FineTuneJob {', '.join(missing)} has no adapter yet"
+                        if missing else "canary not serving yet: no ready pod answers")
         decision = decide(previous_state(status), rev=revision(canary.model_dump(by_alias=True, mode="json")),
-                          initial_weight=canary.weight, policy=policy,
-                          gate=evaluation_gate(k, namespace, promo.evaluation_ref.name),
+                          initial_weight=canary.weight, policy=policy, gate=gate,
                           sample=Sample(cm.requests, cm.errors, cm.p95_ms), now=now.timestamp())
         if decision.transition:
             kind = "Warning" if decision.action == "RolledBack" else "Normal"
