@@ -7,6 +7,7 @@ Synchronous: controllers call them through ``asyncio.to_thread``.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from typing import Any
 from urllib.parse import quote
@@ -15,7 +16,8 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 #: kind -> plural for the kinds we touch.
-PLURALS = {"Job": "jobs", "Pod": "pods", "ConfigMap": "configmaps", "Secret": "secrets", "Event": "events",
+PLURALS = {"Namespace": "namespaces", "Job": "jobs", "Pod": "pods", "ConfigMap": "configmaps", "Secret": "secrets",
+           "Event": "events",
            "FineTuneJob": "finetunejobs", "Evaluation": "evaluations", "ModelDeployment": "modeldeployments",
            "Deployment": "deployments", "Service": "services",
            "HorizontalPodAutoscaler": "horizontalpodautoscalers", "PodDisruptionBudget": "poddisruptionbudgets",
@@ -34,7 +36,8 @@ def api_client() -> client.ApiClient:
             try:
                 config.load_incluster_config(client_configuration=cfg)
             except config.ConfigException:
-                config.load_kube_config(client_configuration=cfg)
+                # The client reads $KUBECONFIG at import time; read it now so a later setting counts.
+                config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
             cfg.connection_pool_maxsize = 16
             _client = client.ApiClient(cfg)
         return _client
@@ -80,7 +83,7 @@ def apply(obj: dict[str, Any], field_manager: str) -> dict[str, Any]:
     """Server-side apply (force: we own these objects). Creating twice yields one object."""
     meta = obj["metadata"]
     url = path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
-    return request("PATCH", url, json.dumps(obj), {"fieldManager": field_manager, "force": "true"},
+    return request("PATCH", url, obj, {"fieldManager": field_manager, "force": "true"},
                    "application/apply-patch+yaml")
 
 

@@ -113,6 +113,7 @@ def test_settings_wiring_matches_the_operator(helm):
     docs = objects(helm, *FULL)
     container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value", "llmforge-system") for e in container["env"]}
+    assert env.pop("POD_ID") == "llmforge-system"  # from the downward API (kopf's peering identity)
     assert all(k.startswith("LLMFORGE_") for k in env)
     fields = {f"LLMFORGE_{name.upper()}" for name in Settings.model_fields}
     assert set(env) <= fields, set(env) - fields

@@ -24,7 +24,7 @@ from .. import API_VERSION
 from ..api.common import Resources
 from ..api.modeldeployment import ModelDeployment, ServedModel
 from ..api.serving import SERVE_PORT
-from ..estimate import capacity_gib, shape_from_name
+from ..estimate import serving_accelerator
 from ..pricing import DEFAULT_PRICES, PriceTable
 from ..settings import Settings
 from .common import container_security_context, placement, pod_security_context, resources
@@ -40,22 +40,6 @@ ANNOTATION_CONFIG_HASH = "llmforge.dev/serve-config-hash"
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 ROUTE_API_VERSION = f"{GATEWAY_GROUP}/v1"
 Monitoring = Literal["podmonitoring", "servicemonitor"] | None
-
-
-#: `auto` considers these, cheapest first (weights + KV cache must fit in GPU memory across `count` GPUs).
-AUTO_ORDER = ("nvidia-l4", "nvidia-tesla-a100", "nvidia-a100-80gb", "nvidia-h100-80gb")
-
-
-def serving_accelerator(res: Resources, model_name: str | None) -> str:
-    """The accelerator to serve on: the one asked for, or for `auto` the cheapest whose memory holds the
-    bf16 weights (2 bytes/param, size from the shared estimate's presets or the name) plus ~30% KV cache
-    across `count` GPUs; an unknown size is taken as 8B."""
-    if res.accelerator != "auto":
-        return res.accelerator
-    shape = shape_from_name(model_name)
-    params = shape.params if shape else 8e9
-    need_gib = params * 2 * 1.3 / 2**30 / res.count
-    return next((a for a in AUTO_ORDER if need_gib <= capacity_gib(a)), AUTO_ORDER[-1])
 
 
 def gpu_count(accelerator: str, res: Resources) -> int:
@@ -272,7 +256,7 @@ def build_deployment(md: ModelDeployment, plan: VariantPlan, config: dict[str, A
             # vLLM's tensor-parallel workers talk through shared memory.
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
         ],
-        **placement(accelerator, spec.resources.count, spec.resources.spot),
+        **placement(accelerator, spec.resources.count, spec.resources.spot, settings.runtime),
     }
     if spec.service_account_name:
         pod_spec["serviceAccountName"] = spec.service_account_name

@@ -1,0 +1,275 @@
+"""The chart's RBAC against what the operator really does, and the Argo CD health checks on what it writes.
+
+On a local control plane with the kube-apiserver audit log on, install the chart (ServiceAccount + RBAC),
+mint a token for that ServiceAccount with the TokenRequest API and run the real operator with it, so every
+call it makes is authorised by exactly the chart's rules. Reconcile a FineTuneJob to a Job and a status,
+then read the audit log:
+- no call was refused (no 403 in the audit log, no "forbidden" in the operator's log);
+- every call made is covered by the rendered ClusterRole/Roles (server-side apply that created an object,
+  i.e. PATCH answered 201, also needs `create`);
+- every permission granted is either used here or listed in UNUSED_HERE with the reason: the list can only
+  shrink as more reconcilers are exercised, and a permission nobody needs shows up as a failure.
+The same run feeds the Argo CD FineTuneJob health check the statuses the operator really wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from llmforge.devcluster import LocalCluster, assets
+from llmforge.devcluster.cluster import free_port
+from tests.cases import ftj
+from tests.unit.test_argocd_health import CHECKS, run_health
+
+pytestmark = pytest.mark.k8s
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "llmforge"
+RELEASE, SA = "llmforge", "llmforge-operator"
+
+#: Log only what service accounts outside kube-system do (the operator under test), at Metadata level.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "None", "userGroups": ["system:serviceaccounts:kube-system"]},
+        {"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+        {"level": "None"},
+    ],
+}
+
+#: Granted by the chart, not exercised by a FineTuneJob reconcile: (apiGroup, resource, verb) -> why granted.
+#: Read from the ModelDeployment controller (branch mdep), which has no k8s test yet.
+SERVING = "ModelDeployment controller: server-side apply of serving children, pruned when no longer built"
+UNUSED_HERE = {
+    **{(g, r, v): SERVING for g, r in [("apps", "deployments"), ("", "services"),
+                                       ("autoscaling", "horizontalpodautoscalers"),
+                                       ("policy", "poddisruptionbudgets"),
+                                       ("gateway.networking.k8s.io", "httproutes"),
+                                       ("monitoring.googleapis.com", "podmonitorings"),
+                                       ("monitoring.coreos.com", "servicemonitors")]
+       for v in ("get", "create", "patch", "delete")},
+    ("", "configmaps", "get"): SERVING + " (vLLM config per variant)",
+    ("", "configmaps", "delete"): SERVING + " (a retired canary's config)",
+    ("llmforge.dev", "evaluations", "get"): "ModelDeployment controller reads the Evaluation that gates a canary",
+    ("llmforge.dev", "evaluations", "patch"): "kopf finalizer/annotations when it handles an Evaluation",
+    ("llmforge.dev", "modeldeployments", "patch"): "kopf finalizer/annotations when it handles a ModelDeployment",
+    ("llmforge.dev", "evaluations/status", "patch"): "status of Evaluations",
+    ("llmforge.dev", "modeldeployments/status", "patch"): "status of ModelDeployments",
+}
+
+
+@pytest.fixture(scope="module")
+def audited_cluster():
+    local = LocalCluster(audit_policy=AUDIT_POLICY)
+    local.start()
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+def _api(local: LocalCluster) -> client.ApiClient:
+    from kubernetes import config
+
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=local.kubeconfig, client_configuration=cfg)
+    return client.ApiClient(cfg)
+
+
+def _helm(local: LocalCluster, *args: str) -> str:
+    out = subprocess.run([str(assets.find("helm")), "--kubeconfig", local.kubeconfig, *args],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def _granted(rendered: str) -> set[tuple[str, str, str]]:
+    out = set()
+    for doc in yaml.safe_load_all(rendered):
+        if doc and doc["kind"] in ("ClusterRole", "Role"):
+            for rule in doc["rules"]:
+                if rule.get("resourceNames"):
+                    continue  # name-scoped (the pricing ConfigMap): checked separately
+                out |= {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    return out
+
+
+def _calls(audit_log: str, user: str) -> list[dict]:
+    events = [json.loads(line) for line in Path(audit_log).read_text().splitlines() if line.strip()]
+    # Watches still open have only a ResponseStarted event; finished requests end with ResponseComplete.
+    latest: dict[str, dict] = {}
+    for e in events:
+        if e["user"]["username"] == user and e.get("objectRef") and e["stage"] in ("ResponseStarted",
+                                                                                    "ResponseComplete"):
+            latest[e["auditID"]] = e
+    return list(latest.values())
+
+
+@dataclass
+class Run:
+    local: LocalCluster
+    ns_sys: str
+    ns: str
+    granted: set[tuple[str, str, str]]
+    log: Path
+    proc: subprocess.Popen
+
+
+@pytest.fixture(scope="module")
+def operator_as_chart_sa(audited_cluster, tmp_path_factory):
+    """The chart installed (without the operator Deployment), and `llmforge operator` running locally with a
+    TokenRequest token of the chart's ServiceAccount: every call it makes is judged by the chart's RBAC."""
+    local, tmp = audited_cluster, tmp_path_factory.mktemp("operator")
+    ns_sys, ns = "llmforge-system", f"ml-{uuid.uuid4().hex[:6]}"
+    _helm(local, "install", RELEASE, str(CHART), "-n", ns_sys, "--create-namespace", "--set", "operator.enabled=false")
+    granted = _granted(_helm(local, "get", "manifest", RELEASE, "-n", ns_sys))
+    assert granted
+
+    with _api(local) as api:
+        core = client.CoreV1Api(api)
+        token = core.create_namespaced_service_account_token(
+            SA, ns_sys, client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
+                audiences=[], expiration_seconds=3600))).status.token
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+        deadline = time.monotonic() + 60
+        while not core.list_namespaced_service_account(ns, field_selector="metadata.name=default").items:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+
+    kubeconfig = tmp / "operator.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "local", "cluster": {"server": local.server, "certificate-authority": local.ca_file}}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "local", "user": "sa"}}]}))
+    log = tmp / "operator.log"
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "LLMFORGE_OPERATOR_NAMESPACE": ns_sys,
+           "LLMFORGE_METRICS_PORT": "0", "LLMFORGE_LIVENESS": f"http://127.0.0.1:{free_port()}/healthz",
+           "LLMFORGE_PROGRESS_INTERVAL_SECONDS": "2", "LLMFORGE_COST_INTERVAL_SECONDS": "2",
+           "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("operator", "trainer-image", "server-image"))}
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "llmforge.cli.main", "operator"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, cwd=tmp)
+    try:
+        yield Run(local, ns_sys, ns, granted, log, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _wait_phase(run: Run, name: str, phases: tuple[str, ...], timeout: float = 120) -> dict:
+    with _api(run.local) as api:
+        objs = client.CustomObjectsApi(api)
+        deadline, obj = time.monotonic() + timeout, {}
+        while time.monotonic() < deadline and run.proc.poll() is None:
+            obj = objs.get_namespaced_custom_object("llmforge.dev", "v1alpha1", run.ns, "finetunejobs", name)
+            status = obj.get("status") or {}
+            if status.get("phase") in phases and status.get("observedGeneration") == obj["metadata"]["generation"]:
+                return obj
+            time.sleep(1)
+    pytest.fail(f"{name}: phase not in {phases}: {obj.get('status')}\n{run.log.read_text()[-3000:]}")
+
+
+def _create(run: Run, name: str, **spec) -> None:
+    resource = ftj(**spec)
+    resource["metadata"] = {"name": name, "namespace": run.ns}
+    with _api(run.local) as api:
+        client.CustomObjectsApi(api).create_namespaced_custom_object("llmforge.dev", "v1alpha1", run.ns,
+                                                                     "finetunejobs", resource)
+
+
+def test_argocd_health_of_live_finetunejobs(operator_as_chart_sa):
+    """What the operator really writes reads right in Argo CD: running -> Progressing with progress, a job
+    that cannot fit -> Degraded with the operator's reason. Set LLMFORGE_CAPTURE_DIR to keep the objects."""
+    run = operator_as_chart_sa
+    script = (CHECKS / "FineTuneJob" / "health.lua").read_text()
+    _create(run, "fits", resources={"accelerator": "nvidia-l4", "count": 1},
+            training={"batchSize": 1, "maxSeqLength": 1024})
+    _create(run, "too-big", resources={"accelerator": "nvidia-l4", "count": 1})
+    fits = _wait_phase(run, "fits", ("Running", "Succeeded"))
+    too_big = _wait_phase(run, "too-big", ("Failed",))
+    with _api(run.local) as api:
+        job = client.BatchV1Api(api).read_namespaced_job(fits["status"]["jobName"], run.ns)
+        assert job.metadata.labels["app.kubernetes.io/managed-by"] == "llmforge"
+
+    health = run_health(script, fits)
+    expected = {"Running": "Progressing", "Succeeded": "Healthy"}[fits["status"]["phase"]]
+    assert health["status"] == expected, (health, fits["status"])
+    assert health["message"].startswith(fits["status"]["phase"])
+    health = run_health(script, too_big)
+    assert health["status"] == "Degraded", (health, too_big["status"])
+    assert "GiB" in health["message"], health  # the operator's own explanation reaches the Argo CD UI
+
+    # Stale status: bump the generation (suspend, the one mutable field) and read it before the operator does.
+    stale = dict(fits, metadata={**fits["metadata"], "generation": fits["metadata"]["generation"] + 1})
+    assert run_health(script, stale)["status"] == "Progressing"
+
+    if os.environ.get("LLMFORGE_CAPTURE_DIR"):
+        for name, obj in ((f"captured_{fits['status']['phase'].lower()}", fits), ("captured_does_not_fit", too_big)):
+            meta = {k: obj["metadata"][k] for k in ("name", "namespace", "generation", "creationTimestamp")}
+            Path(os.environ["LLMFORGE_CAPTURE_DIR"], f"{name}.yaml").write_text(yaml.safe_dump(
+                {**obj, "metadata": meta}, sort_keys=False))
+
+
+def test_operator_reconciles_with_exactly_the_chart_rbac(operator_as_chart_sa):
+    run = operator_as_chart_sa
+    local, ns_sys, ns, granted = run.local, run.ns_sys, run.ns, run.granted
+    _create(run, "rbac-check", resources={"accelerator": "nvidia-l4", "count": 1},
+            training={"batchSize": 1, "maxSeqLength": 1024})
+    _wait_phase(run, "rbac-check", ("Running", "Succeeded"))
+    time.sleep(6)  # let a timer tick (progress/cost) run with the same credentials
+    with _api(local) as api:
+        objs = client.CustomObjectsApi(api)
+        objs.delete_namespaced_custom_object("llmforge.dev", "v1alpha1", ns, "finetunejobs", "rbac-check")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            names = [o["metadata"]["name"] for o in
+                     objs.list_namespaced_custom_object("llmforge.dev", "v1alpha1", ns, "finetunejobs")["items"]]
+            if "rbac-check" not in names:
+                break
+            time.sleep(0.5)
+    assert run.proc.poll() is None, run.log.read_text()[-3000:]
+
+    text = run.log.read_text()
+    assert "forbidden" not in text.lower() and " 403" not in text, text[-4000:]
+
+    calls = _calls(local.audit_log, f"system:serviceaccount:{ns_sys}:{SA}")
+    assert len(calls) > 10
+    refused = [(c["verb"], c["objectRef"], c["responseStatus"]) for c in calls
+               if c.get("responseStatus", {}).get("code") == 403]
+    assert refused == []
+
+    used: set[tuple[str, str, str]] = set()
+    for c in calls:
+        ref = c["objectRef"]
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        if ref["resource"] == "configmaps" and ref.get("name") == "llmforge-pricing":
+            assert c["verb"] == "get" and ref["namespace"] == ns_sys
+            continue
+        used.add((ref.get("apiGroup", ""), resource, c["verb"]))
+        if c["verb"] == "patch" and c.get("responseStatus", {}).get("code") == 201:
+            used.add((ref.get("apiGroup", ""), resource, "create"))  # server-side apply that created it
+    assert used - granted == set()
+    for must in [("batch", "jobs", "create"), ("", "configmaps", "create"), ("", "pods", "watch"),
+                 ("llmforge.dev", "finetunejobs", "watch"), ("llmforge.dev", "finetunejobs", "patch"),
+                 ("", "events", "create"), ("apiextensions.k8s.io", "customresourcedefinitions", "watch")]:
+        assert must in used, (must, sorted(used))
+    unused = granted - used
+    unexplained = sorted(unused - set(UNUSED_HERE))
+    assert unexplained == [], f"granted but never used and not explained: {unexplained}; used: {sorted(used)}"
+    stale = sorted(set(UNUSED_HERE) & used)
+    assert stale == [], f"UNUSED_HERE lists permissions that are now used: {stale}"
