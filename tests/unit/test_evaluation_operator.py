@@ -210,3 +210,17 @@ def test_status_fits_crd_model():
     parsed = EvaluationStatus.model_validate(s)
     assert parsed.passed is False and parsed.results.finetuned == {"rougeL": 0.3}
     assert json.loads(parsed.model_dump_json(by_alias=True, exclude_none=True))["adapterUri"] == "gs://b/a"
+
+
+def test_pod_contract_the_cli_reads_the_mounted_spec(tmp_path):
+    """What the operator mounts is what llmforge-eval accepts: adapter, base and output resolve with no flags."""
+    from llmforge_trainer import eval_cli
+
+    cm, job = B.build_children(ev(), SETTINGS, ftj())
+    path = tmp_path / "spec.yaml"
+    path.write_text(cm["data"]["spec.yaml"])
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][-1].endswith("spec.yaml")
+    spec, meta = eval_cli.load_spec(str(path))
+    assert meta["name"] == "e1"
+    assert eval_cli.resolve_model(spec, None, None) == ("gs://b/runs/ftj/adapter", "meta-llama/Llama-3.1-8B-Instruct")
+    assert spec.output.uri == "gs://b/runs/ftj/eval/e1/" and spec.thresholds["rougeL"].min == 0.4

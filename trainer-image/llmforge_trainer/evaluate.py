@@ -108,12 +108,18 @@ class HFBackend:
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(adapter_dir or base_dir)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
+        # Several GPUs (a 70B base): let accelerate spread the layers; inputs go to the first device.
+        multi = self.device == "cuda" and torch.cuda.device_count() > 1
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, **({"device_map": "auto"} if multi else {}))
         if adapter_dir:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, adapter_dir)
-        self.model = model.to(self.device).eval()
+        if multi:
+            self.device = str(next(model.parameters()).device)
+            self.model = model.eval()
+        else:
+            self.model = model.to(self.device).eval()
         self.has_adapter = adapter_dir is not None
         #: (use_adapter, kind, tuple of token-id tuples) per model call; tests read it to prove identical inputs.
         self.calls: list[tuple[bool, str, tuple[tuple[int, ...], ...]]] = []

@@ -183,8 +183,8 @@ def variant_plans(md: ModelDeployment, inputs: ServingInputs) -> list[VariantPla
 
 
 def served_model_name(md: ModelDeployment) -> str:
-    """What clients send as `model` for the base: the hub id when known, else the resource name."""
-    return md.spec.model.base_model.name or md.metadata["name"]
+    """What clients send as `model` for the base (one rule, shared with validation)."""
+    return md.spec.model.served_name(md.metadata["name"])
 
 
 # -- per-variant children ---------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Evaluation reconciler: wait for the referenced FineTuneJob, apply the eval ConfigMap and Job, write status.
 
 Entry points share one level-based ``sync``: the create/update/resume handler (after admission), watches on
-the Jobs and Pods we own (label-filtered), and a watch on FineTuneJobs that refreshes the Evaluations
-referencing one (so an Evaluation waiting for its model starts when the FineTuneJob Succeeds, and fails
-when it Fails). ``sync`` reads the FineTuneJob, the Job and the Pods each time and recomputes the whole
+the Jobs and Pods we own (label-filtered), and a loop that re-checks every Evaluation in ``WaitingForModel``
+(so one waiting for its FineTuneJob starts when that Succeeds, and fails when it Fails). A loop, not a kopf
+watch on FineTuneJobs: an extra event handler on that kind made the FineTuneJob controller's own phase
+events flaky in the k8s tests, and the FineTuneJob controller already polls for the same reason. ``sync`` reads the FineTuneJob, the Job and the Pods each time and recomputes the whole
 status; the Job is created only while the Evaluation is not finished and its model is ready.
 """
 
@@ -29,6 +30,8 @@ FTJ_KIND = "FineTuneJob"
 TERMINAL = ("Succeeded", "Failed")
 
 _locks: dict[tuple[str, str], asyncio.Lock] = {}
+#: Evaluations waiting for their model, re-checked by waiting_loop.
+_waiting: set[tuple[str, str]] = set()
 
 
 def _settings() -> Settings:
@@ -134,6 +137,7 @@ async def reconcile(model: Any, body: kopf.Body, patch: kopf.Patch, logger: Any,
         except ApiException as exc:
             raise kopf.TemporaryError(f"API error {exc.status}: {exc.reason}", delay=5) from exc
     patch.status.update(_with_removals(old, status))
+    _track(meta["namespace"], meta["name"], status)
     _announce(body, old.get("phase"), status)
 
 
@@ -143,6 +147,7 @@ async def refresh(namespace: str, name: str, logger: Any) -> None:
         try:
             current = await asyncio.to_thread(kube.get, API_VERSION, KIND, namespace, name)
             if current is None or current.get("metadata", {}).get("deletionTimestamp"):
+                _waiting.discard((namespace, name))
                 return
             if _validated(current) is not True:
                 return
@@ -156,7 +161,26 @@ async def refresh(namespace: str, name: str, logger: Any) -> None:
         except ValueError as exc:
             logger.warning(f"Evaluation {namespace}/{name}: {exc}")
             return
+    _track(namespace, name, status)
     _announce(current, (current.get("status") or {}).get("phase"), status)
+
+
+def _track(namespace: str, name: str, status: dict[str, Any]) -> None:
+    if status.get("phase") == "WaitingForModel":
+        _waiting.add((namespace, name))
+    else:
+        _waiting.discard((namespace, name))
+
+
+async def waiting_loop(interval: float, logger: Any) -> None:
+    """Every interval: re-sync each Evaluation waiting for its model (creates the Job once it is ready)."""
+    while True:
+        await asyncio.sleep(interval)
+        for ns, name in list(_waiting):
+            try:
+                await instrumented(KIND, "model")(refresh)(ns, name, logger)
+            except Exception as exc:  # noqa: BLE001 (one bad object must not stop the loop)
+                logger.warning(f"Evaluation {ns}/{name}: refresh failed: {exc}")
 
 
 async def child_changed(namespace: str, labels: dict[str, str], logger: Any, **_: Any) -> None:
@@ -166,22 +190,8 @@ async def child_changed(namespace: str, labels: dict[str, str], logger: Any, **_
         await refresh(namespace, name, logger)
 
 
-async def finetunejob_changed(namespace: str, name: str, logger: Any, **_: Any) -> None:
-    """A FineTuneJob changed: refresh every unfinished Evaluation in its namespace that references it."""
-    if not namespace or not name:
-        return
-    try:
-        evals = await asyncio.to_thread(kube.list_, API_VERSION, KIND, namespace, "")
-    except ApiException:
-        return
-    for ev in evals:
-        ref = (((ev.get("spec") or {}).get("model") or {}).get("fineTuneJobRef") or {}).get("name")
-        if ref == name and (ev.get("status") or {}).get("phase") not in TERMINAL:
-            await refresh(namespace, ev["metadata"]["name"], logger)
-
-
 def register(settings: Settings) -> None:
-    """Register the reconciler, label-filtered child watches, and the FineTuneJob watch."""
+    """Register the reconciler, label-filtered child watches, and the waiting-for-model loop."""
     from .handlers import RECONCILERS
 
     RECONCILERS[KIND] = reconcile
@@ -190,5 +200,13 @@ def register(settings: Settings) -> None:
         instrumented(KIND, "child")(child_changed))
     kopf.on.event("v1", "pods", id="evaluation-pods", labels=owned)(
         instrumented(KIND, "child")(child_changed))
-    kopf.on.event(GROUP, VERSION, "finetunejobs", id="evaluation-models")(
-        instrumented(KIND, "model")(finetunejob_changed))
+    tasks: list[asyncio.Task] = []
+
+    @kopf.on.startup(id="evaluations-waiting-loop")
+    async def _start_loop(logger: Any, **_: Any) -> None:
+        tasks.append(asyncio.create_task(waiting_loop(settings.progress_interval_seconds, logger)))
+
+    @kopf.on.cleanup(id="evaluations-waiting-loop-stop")
+    async def _stop_loop(**_: Any) -> None:
+        for task in tasks:
+            task.cancel()

@@ -144,7 +144,8 @@ def compute_status(resource: dict[str, Any], finetunejob: dict[str, Any] | None,
 
     if phase == "Succeeded" and result is not None:
         if result.results is not None:
-            out["results"] = result.results.model_dump(by_alias=True, exclude_none=True, mode="json")
+            # Four significant digits in status: what kubectl shows; the full numbers are in results.json.
+            out["results"] = _rounded(result.results.model_dump(by_alias=True, exclude_none=True, mode="json"))
         for key, value in (("samplesEvaluated", result.samples_evaluated), ("reportUri", result.report_uri)):
             if value is not None:
                 out[key] = value
@@ -180,3 +181,11 @@ def compute_status(resource: dict[str, Any], finetunejob: dict[str, Any] | None,
     if failure:
         out["failure"] = failure
     return out
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
