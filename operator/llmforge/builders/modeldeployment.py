@@ -38,6 +38,7 @@ LABEL_MD = "llmforge.dev/modeldeployment"
 LABEL_VARIANT = "llmforge.dev/variant"
 ANNOTATION_CONFIG_HASH = "llmforge.dev/serve-config-hash"
 GATEWAY_GROUP = "gateway.networking.k8s.io"
+ROUTE_API_VERSION = f"{GATEWAY_GROUP}/v1"
 Monitoring = Literal["podmonitoring", "servicemonitor"] | None
 
 

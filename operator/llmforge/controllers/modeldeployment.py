@@ -185,6 +185,9 @@ def monitoring_kind(k: Kube) -> b.Monitoring:
 
 def _tokens_per_second(uid: str, variant: str, tokens: float, pods: int) -> float | None:
     now = time.monotonic()
+    if len(_TOKENS) > 4096:  # deleted resources leave entries behind: drop the ones not seen for an hour
+        for key in [k for k, (t, _) in _TOKENS.items() if now - t > 3600]:
+            del _TOKENS[key]
     prev = _TOKENS.get((uid, variant))
     _TOKENS[(uid, variant)] = (now, tokens)
     if pods == 0 or prev is None or now <= prev[0] or tokens < prev[1]:
@@ -218,9 +221,14 @@ def reconcile_sync(body: dict[str, Any], settings: Settings, k: Kube, now: datet
         policy = Policy(tuple(promo.steps), parse_interval(promo.interval), promo.analysis.max_error_rate,
                         promo.analysis.max_p95_latency_ms, promo.analysis.min_requests)
         cm = aggregate(observed[b.CANARY][0])
+        gate = evaluation_gate(k, namespace, promo.evaluation_ref.name)
+        _, missing = b.resolve_model(canary.model, uris)
+        if gate.passed and (missing or not observed[b.CANARY][1]):
+            # Never send more traffic to a canary that is not serving (no ready pod answered /v1/models).
+            gate = Gate(False, f"canary not serving: FineTuneJob {', '.join(missing)} has no adapter yet"
+                        if missing else "canary not serving yet: no ready pod answers")
         decision = decide(previous_state(status), rev=revision(canary.model_dump(by_alias=True, mode="json")),
-                          initial_weight=canary.weight, policy=policy,
-                          gate=evaluation_gate(k, namespace, promo.evaluation_ref.name),
+                          initial_weight=canary.weight, policy=policy, gate=gate,
                           sample=Sample(cm.requests, cm.errors, cm.p95_ms), now=now.timestamp())
         if decision.transition:
             kind = "Warning" if decision.action == "RolledBack" else "Normal"
@@ -240,6 +248,12 @@ def reconcile_sync(body: dict[str, Any], settings: Settings, k: Kube, now: datet
             inputs = b.ServingInputs(**{**inputs.__dict__, "canary_retired": True})
     plans = b.variant_plans(md, inputs)
     children = b.build_children(md, settings, inputs)
+    if md.spec.routing.gateway and not k.has_kind(b.ROUTE_API_VERSION, "HTTPRoute"):
+        # A missing Gateway API must not stop serving: skip the route, say so.
+        children = [c for c in children if c["kind"] != "HTTPRoute"]
+        events.append(("Warning", "GatewayAPIMissing", "routing.gateway is set but the cluster serves no "
+                       f"{b.ROUTE_API_VERSION} HTTPRoute: install the Gateway API CRDs; serving through the "
+                       f"shared Service {name} meanwhile"))
     for child in children:
         k.apply(child)
     built = {(c["apiVersion"], c["kind"], c["metadata"]["name"]) for c in children}
