@@ -9,7 +9,7 @@ then read the audit log:
   i.e. PATCH answered 201, also needs `create`);
 - every permission granted is either used here or listed in UNUSED_HERE with the reason: the list can only
   shrink as more reconcilers are exercised, and a permission nobody needs shows up as a failure.
-The same run feeds the Argo CD FineTuneJob health check the statuses the operator really wrote.
+The same run feeds the Argo CD health checks the statuses the operator really wrote.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from kubernetes import client
 
 from llmforge.devcluster import LocalCluster, assets
 from llmforge.devcluster.cluster import free_port
-from tests.cases import ftj
+from tests.cases import ftj, mdep
 from tests.unit.test_argocd_health import CHECKS, run_health
 
 pytestmark = pytest.mark.k8s
@@ -48,24 +48,25 @@ AUDIT_POLICY = {
     ],
 }
 
-#: Granted by the chart, not exercised by a FineTuneJob reconcile: (apiGroup, resource, verb) -> why granted.
-#: Read from the ModelDeployment controller (branch mdep), which has no k8s test yet.
-SERVING = "ModelDeployment controller: server-side apply of serving children, pruned when no longer built"
+#: Granted by the chart, not exercised here: (apiGroup, resource, verb) -> why it is granted. The runs below
+#: reconcile FineTuneJobs and a ModelDeployment without a canary, gateway or monitoring CRDs; what remains
+#: was read from the controllers' code.
+PRUNE = "ModelDeployment controller deletes a child it no longer builds (canary retired, autoscaling off)"
+NO_CRD = "ModelDeployment controller applies it only when the CRD is installed (GKE); none here"
 UNUSED_HERE = {
-    **{(g, r, v): SERVING for g, r in [("apps", "deployments"), ("", "services"),
-                                       ("autoscaling", "horizontalpodautoscalers"),
-                                       ("policy", "poddisruptionbudgets"),
-                                       ("gateway.networking.k8s.io", "httproutes"),
-                                       ("monitoring.googleapis.com", "podmonitorings"),
-                                       ("monitoring.coreos.com", "servicemonitors")]
-       for v in ("get", "create", "patch", "delete")},
-    ("", "configmaps", "get"): SERVING + " (vLLM config per variant)",
-    ("", "configmaps", "delete"): SERVING + " (a retired canary's config)",
+    **{(g, r, "delete"): PRUNE for g, r in [("apps", "deployments"), ("", "services"), ("", "configmaps"),
+                                            ("autoscaling", "horizontalpodautoscalers"),
+                                            ("policy", "poddisruptionbudgets"),
+                                            ("gateway.networking.k8s.io", "httproutes"),
+                                            ("monitoring.googleapis.com", "podmonitorings"),
+                                            ("monitoring.coreos.com", "servicemonitors")]},
+    **{(g, r, v): NO_CRD for g, r in [("gateway.networking.k8s.io", "httproutes"),
+                                      ("monitoring.googleapis.com", "podmonitorings"),
+                                      ("monitoring.coreos.com", "servicemonitors")]
+       for v in ("get", "create", "patch")},
     ("llmforge.dev", "evaluations", "get"): "ModelDeployment controller reads the Evaluation that gates a canary",
     ("llmforge.dev", "evaluations", "patch"): "kopf finalizer/annotations when it handles an Evaluation",
-    ("llmforge.dev", "modeldeployments", "patch"): "kopf finalizer/annotations when it handles a ModelDeployment",
     ("llmforge.dev", "evaluations/status", "patch"): "status of Evaluations",
-    ("llmforge.dev", "modeldeployments/status", "patch"): "status of ModelDeployments",
 }
 
 
@@ -223,6 +224,34 @@ def test_argocd_health_of_live_finetunejobs(operator_as_chart_sa):
             meta = {k: obj["metadata"][k] for k in ("name", "namespace", "generation", "creationTimestamp")}
             Path(os.environ["LLMFORGE_CAPTURE_DIR"], f"{name}.yaml").write_text(yaml.safe_dump(
                 {**obj, "metadata": meta}, sort_keys=False))
+
+
+def test_argocd_health_of_a_live_modeldeployment(operator_as_chart_sa):
+    """The ModelDeployment controller, as the chart's ServiceAccount, serves a base model: its Deployment,
+    Service and HPA appear, kwok makes the pods ready, and the status reads right in Argo CD."""
+    run = operator_as_chart_sa
+    script = (CHECKS / "ModelDeployment" / "health.lua").read_text()
+    resource = mdep(resources={"accelerator": "nvidia-l4", "count": 1},
+                    autoscaling={"minReplicas": 1, "maxReplicas": 2})
+    resource["metadata"] = {"name": "serve", "namespace": run.ns}
+    with _api(run.local) as api:
+        objs = client.CustomObjectsApi(api)
+        objs.create_namespaced_custom_object("llmforge.dev", "v1alpha1", run.ns, "modeldeployments", resource)
+        deadline, obj = time.monotonic() + 120, {}
+        while time.monotonic() < deadline and run.proc.poll() is None:
+            obj = objs.get_namespaced_custom_object("llmforge.dev", "v1alpha1", run.ns, "modeldeployments", "serve")
+            status = obj.get("status") or {}
+            if status.get("phase") in ("Ready", "Degraded") and status.get("observedGeneration") == 1:
+                break
+            time.sleep(1)
+        assert client.AppsV1Api(api).list_namespaced_deployment(run.ns).items, run.log.read_text()[-3000:]
+    health = run_health(script, obj)
+    expected = {"Ready": "Healthy", "Progressing": "Progressing", "Degraded": "Degraded"}
+    assert health["status"] == expected[obj["status"]["phase"]], (health, obj["status"])
+    if os.environ.get("LLMFORGE_CAPTURE_DIR"):
+        meta = {k: obj["metadata"][k] for k in ("name", "namespace", "generation", "creationTimestamp")}
+        Path(os.environ["LLMFORGE_CAPTURE_DIR"], f"captured_{obj['status']['phase'].lower()}.yaml").write_text(
+            yaml.safe_dump({**obj, "metadata": meta}, sort_keys=False))
 
 
 def test_operator_reconciles_with_exactly_the_chart_rbac(operator_as_chart_sa):
