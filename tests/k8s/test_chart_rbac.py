@@ -49,21 +49,19 @@ AUDIT_POLICY = {
 }
 
 #: Granted by the chart, not exercised here: (apiGroup, resource, verb) -> why it is granted. The runs below
-#: reconcile FineTuneJobs and a ModelDeployment without a canary, gateway or monitoring CRDs; what remains
-#: was read from the controllers' code.
-PRUNE = "ModelDeployment controller deletes a child it no longer builds (canary retired, autoscaling off)"
-NO_CRD = "ModelDeployment controller applies it only when the CRD is installed (GKE); none here"
+#: reconcile FineTuneJobs and a ModelDeployment (gateway, PodMonitoring, autoscaling turned off) without a
+#: canary; what remains was read from the controllers' code.
+PRUNE = "ModelDeployment controller deletes a child it no longer builds (here only the HPA is pruned)"
+SERVICEMONITOR = "ModelDeployment controller uses a ServiceMonitor only where PodMonitoring is absent"
 UNUSED_HERE = {
     **{(g, r, "delete"): PRUNE for g, r in [("apps", "deployments"), ("", "services"), ("", "configmaps"),
-                                            ("autoscaling", "horizontalpodautoscalers"),
                                             ("policy", "poddisruptionbudgets"),
                                             ("gateway.networking.k8s.io", "httproutes"),
-                                            ("monitoring.googleapis.com", "podmonitorings"),
-                                            ("monitoring.coreos.com", "servicemonitors")]},
-    **{(g, r, v): NO_CRD for g, r in [("gateway.networking.k8s.io", "httproutes"),
-                                      ("monitoring.googleapis.com", "podmonitorings"),
-                                      ("monitoring.coreos.com", "servicemonitors")]
-       for v in ("get", "create", "patch")},
+                                            ("monitoring.googleapis.com", "podmonitorings")]},
+    # Read only to check the label before pruning one.
+    ("gateway.networking.k8s.io", "httproutes", "get"): PRUNE,
+    ("monitoring.googleapis.com", "podmonitorings", "get"): PRUNE,
+    **{("monitoring.coreos.com", "servicemonitors", v): SERVICEMONITOR for v in ("get", "create", "patch", "delete")},
     ("llmforge.dev", "evaluations", "get"): "ModelDeployment controller reads the Evaluation that gates a canary",
     ("llmforge.dev", "evaluations", "patch"): "kopf finalizer/annotations when it handles an Evaluation",
     ("llmforge.dev", "evaluations/status", "patch"): "status of Evaluations",
@@ -117,6 +115,32 @@ def _calls(audit_log: str, user: str) -> list[dict]:
     return list(latest.values())
 
 
+#: GKE's kinds the ModelDeployment controller writes when their CRDs exist: stand-ins with open schemas, so
+#: its HTTPRoute and PodMonitoring calls happen here too (the real schemas are not needed for RBAC).
+STANDIN_CRDS = [("gateway.networking.k8s.io", "HTTPRoute", "httproutes"),
+                ("monitoring.googleapis.com", "PodMonitoring", "podmonitorings")]
+
+
+def _install_standin_crds(api: client.ApiClient) -> None:
+    ext = client.ApiextensionsV1Api(api)
+    for group, kind, plural in STANDIN_CRDS:
+        ext.create_custom_resource_definition({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.{group}", "annotations": {
+                # *.k8s.io groups need it; the real Gateway API CRDs carry this value.
+                "api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api/pull/1538"}},
+            "spec": {"group": group, "scope": "Namespaced",
+                     "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                     "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                         "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}})
+    deadline = time.monotonic() + 30
+    for group, _, plural in STANDIN_CRDS:
+        while not any(c.type == "Established" and c.status == "True" for c in
+                      ext.read_custom_resource_definition(f"{plural}.{group}").status.conditions or []):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+
+
 @dataclass
 class Run:
     local: LocalCluster
@@ -138,6 +162,7 @@ def operator_as_chart_sa(audited_cluster, tmp_path_factory):
     assert granted
 
     with _api(local) as api:
+        _install_standin_crds(api)
         core = client.CoreV1Api(api)
         token = core.create_namespaced_service_account_token(
             SA, ns_sys, client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
@@ -232,7 +257,8 @@ def test_argocd_health_of_a_live_modeldeployment(operator_as_chart_sa):
     run = operator_as_chart_sa
     script = (CHECKS / "ModelDeployment" / "health.lua").read_text()
     resource = mdep(resources={"accelerator": "nvidia-l4", "count": 1},
-                    autoscaling={"minReplicas": 1, "maxReplicas": 2})
+                    autoscaling={"minReplicas": 1, "maxReplicas": 2},
+                    routing={"gateway": {"name": "llm-gateway", "namespace": "gateway"}})
     resource["metadata"] = {"name": "serve", "namespace": run.ns}
     with _api(run.local) as api:
         objs = client.CustomObjectsApi(api)
@@ -245,6 +271,18 @@ def test_argocd_health_of_a_live_modeldeployment(operator_as_chart_sa):
                 break
             time.sleep(1)
         assert client.AppsV1Api(api).list_namespaced_deployment(run.ns).items, run.log.read_text()[-3000:]
+        for group, _, plural in STANDIN_CRDS:
+            assert objs.list_namespaced_custom_object(group, "v1", run.ns, plural)["items"], plural
+
+        # Autoscaling off: the controller prunes the HPA it no longer builds.
+        hpas = client.AutoscalingV2Api(api)
+        assert hpas.list_namespaced_horizontal_pod_autoscaler(run.ns).items
+        objs.patch_namespaced_custom_object("llmforge.dev", "v1alpha1", run.ns, "modeldeployments", "serve",
+                                            {"spec": {"autoscaling": {"enabled": False}}})
+        deadline = time.monotonic() + 60
+        while hpas.list_namespaced_horizontal_pod_autoscaler(run.ns).items:
+            assert time.monotonic() < deadline, run.log.read_text()[-3000:]
+            time.sleep(0.5)
     health = run_health(script, obj)
     expected = {"Ready": "Healthy", "Progressing": "Progressing", "Degraded": "Degraded"}
     assert health["status"] == expected[obj["status"]["phase"]], (health, obj["status"])
