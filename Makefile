@@ -63,7 +63,7 @@ cluster-down: setup-python
 	@$(PY) -m llmforge.cli.main dev cluster down
 
 demo: setup
-	@echo "make demo: not yet — the end-to-end demo lands with issue 7 (see README)."
+	@$(PY) -m llmforge.devcluster.demo
 
 bench: setup
 	@$(PY) bench/train_throughput.py

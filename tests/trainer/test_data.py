@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from llmforge_trainer import data, prompts
 from llmforge_trainer.errors import TrainError
 from llmforge_trainer.tiny import build_tiny_tokenizer, make_records, write_jsonl

@@ -7,6 +7,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from llmforge.api.contract import PROGRESS_METRICS
 from llmforge.api.finetunejob import FineTuneJobStatus
 from llmforge.controllers.finetunejob import fetch_progress
@@ -240,3 +241,16 @@ def test_fetch_progress_from_a_metrics_server():
 def test_running_status_uses_fresh_progress():
     s = status_of(resource(), job(), [pod("p0", "Running", start=0)], now=1200, progress=parse_progress(PROM))
     assert s["progress"]["summary"] == "42% 120/285" and s["progress"]["loss"] == 1.234
+
+
+def test_pod_creation_error_is_the_pending_reason():
+    s = status_of(resource(), job(), [], create_error='serviceaccount "trainer" not found')
+    assert s["phase"] == "Pending"
+    assert cond(s, "Running")["reason"] == "FailedCreate" and "trainer" in cond(s, "Running")["message"]
+
+
+def test_finished_job_keeps_its_status_when_the_job_is_gone():
+    pods = [pod("p1", "Succeeded", start=0, end=600, exit_code=0, message=RESULT_OK)]
+    done = status_of(resource(), job(("Complete", "", "", 600), completion=600), pods, now=700)
+    later = status_of(resource(status=done), None, [], now=9000)
+    assert later["phase"] == "Succeeded" and later["cost"] == done["cost"] and later["metrics"] == done["metrics"]

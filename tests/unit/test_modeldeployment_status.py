@@ -168,7 +168,7 @@ def test_variant_numbers_and_cost_per_1k_tokens():
     vs = status_of([v])["variants"][0]
     assert vs["requests"] == 200 and vs["errorRate"] == pytest.approx(0.03) and vs["p95LatencyMs"] == 1750.0
     assert vs["tokensPerSecond"] == 100.0
-    assert vs["costPer1kTokens"] == pytest.approx(0.854 / 360, rel=1e-5)  # $/h over 360k tokens/h, per 1k
+    assert vs["costPer1KTokens"] == pytest.approx(0.854 / 360, rel=1e-5)  # $/h over 360k tokens/h, per 1k
 
 
 def test_scaling_history_records_replica_changes_bounded():

@@ -56,10 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
 def load_job(path: str):
     """Parse and validate a FineTuneJob from YAML/JSON text (the operator passes the resource as stored)."""
     import yaml
+
     from llmforge.api.finetunejob import FineTuneJob
 
     text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    doc = yaml.safe_load(text)
+    docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    if len(docs) > 1:  # a multi-document file (like examples/00-quickstart.yaml): take its FineTuneJob
+        jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == "FineTuneJob"]
+        if len(jobs) != 1:
+            raise ValueError(f"expected one FineTuneJob among {len(docs)} documents, found {len(jobs)}")
+        docs = jobs
+    doc = docs[0] if docs else None
     if isinstance(doc, dict) and "spec" not in doc and "baseModel" in doc:
         doc = {"spec": doc}  # a bare spec is accepted too
     return FineTuneJob.model_validate(doc)
@@ -76,6 +83,7 @@ def _setup_logging() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # we fork no tokenizer workers; silence the warning
 
 
 def _env_int(name: str) -> int | None:

@@ -92,9 +92,26 @@ def plan_launch(spec: Any, argv: list[str], *, env: dict[str, str], gpus_visible
         need = base_weights_gib(params_billions or 0, spec.method, bits)
         reason += f"; base weights {need:.1f} GiB do not fit one {gpu_gib:g} GiB GPU with headroom: FSDP+QLoRA"
     cmd = [python or sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "llmforge_trainer.cli", *argv]
+           "-m", "llmforge_trainer.cli", *child_args(argv)]
     child_env = {"LLMFORGE_LAUNCHED": "1", "LLMFORGE_STRATEGY": strategy}
     return LaunchPlan(strategy, nproc, cmd, child_env, reason)
+
+
+def child_args(argv: list[str]) -> list[str]:
+    """Our arguments minus ``--nproc`` (children must not relaunch, and torchrun's own parser would take
+    ``--nproc`` as an ambiguous abbreviation of ``--nproc-per-node``)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        out.append(a)
+    return out
 
 
 def params_billions_from_index(index: dict | None, safetensors_bytes: int | None, dtype_bytes: int) -> float | None:

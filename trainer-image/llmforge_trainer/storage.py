@@ -245,13 +245,16 @@ def checkpoint_uri(output_uri: str, step: int) -> str:
     return join(output_uri, CHECKPOINTS, f"checkpoint-{step}")
 
 
-def publish_checkpoint(local_dir: str | os.PathLike, output_uri: str, step: int) -> str:
-    """Copy a local checkpoint to ``<output>/checkpoints/checkpoint-<step>/``, marker last. Returns its URI."""
+def publish_checkpoint(local_dir: str | os.PathLike, output_uri: str, step: int,
+                       extra: dict | None = None) -> str:
+    """Copy a local checkpoint to ``<output>/checkpoints/checkpoint-<step>/``, marker last. Returns its URI.
+    ``extra`` (e.g. the MLflow run id) is recorded in the marker."""
     dst = checkpoint_uri(output_uri, step)
     files = upload_dir(local_dir, dst, skip=(MARKER,))
     if not files:
         raise TrainError("StorageError", f"{local_dir}: empty checkpoint, nothing to publish")
-    write_bytes(join(dst, MARKER), json.dumps({"step": step, "files": files}, sort_keys=True).encode())
+    marker = {**(extra or {}), "step": step, "files": files}
+    write_bytes(join(dst, MARKER), json.dumps(marker, sort_keys=True).encode())
     return dst
 
 

@@ -10,7 +10,7 @@ knows the ChatML turn structure and stops at ``<|im_end|>``. The fine-tuning dat
 *facts* the base never saw (which sound an animal makes, which colour a thing is), with templated
 answers, so a few QLoRA steps visibly lower held-out perplexity.
 
-    python -m llmforge_trainer.tiny --out /tmp/tiny-model --data /tmp/tiny-data
+    python -m llmforge_trainer.tiny --out /tmp/tiny-model --data /tmp/tiny-data [--test] [--format chat]
 """
 
 from __future__ import annotations
@@ -254,7 +254,9 @@ def build_tiny_model(out_dir: str | os.PathLike, hidden_size: int = 128, pretrai
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="directory for the model and tokenizer")
-    p.add_argument("--data", help="also write train.jsonl / validation.jsonl here")
+    p.add_argument("--data", help="also write train.jsonl (320) / validation.jsonl (64) here")
+    p.add_argument("--test", action="store_true",
+                   help="with --data: also write test.jsonl, held out from both (288 / 48 / 48 records)")
     p.add_argument("--format", default="alpaca", choices=["alpaca", "chat", "prompt-completion", "text"])
     p.add_argument("--hidden-size", type=int, default=128)
     p.add_argument("--pretrain-steps", type=int, default=200)
@@ -262,8 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     print(build_tiny_model(a.out, a.hidden_size, a.pretrain_steps, a.seed))
     if a.data:
-        print(write_jsonl(Path(a.data) / "train.jsonl", make_records(320, a.format, a.seed)))
-        print(write_jsonl(Path(a.data) / "validation.jsonl", make_records(64, a.format, a.seed, offset=320)))
+        n_train, n_val = (288, 48) if a.test else (320, 64)
+        d = Path(a.data)
+        print(write_jsonl(d / "train.jsonl", make_records(n_train, a.format, a.seed)))
+        print(write_jsonl(d / "validation.jsonl", make_records(n_val, a.format, a.seed, offset=n_train)))
+        if a.test:
+            print(write_jsonl(d / "test.jsonl", make_records(48, a.format, a.seed, offset=n_train + n_val)))
     return 0
 
 

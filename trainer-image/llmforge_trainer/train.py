@@ -17,6 +17,7 @@ scheduler, RNG and data position included, by transformers). Output: ``adapter/`
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -209,6 +210,11 @@ def _callbacks():
                 self.at.preempted_at_step = state.global_step
                 control.should_save = True
                 control.should_training_stop = True
+                control.should_evaluate = False  # the grace period is for the checkpoint
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if self.at.preempted_at_step is not None:
+                control.should_evaluate = False
 
     class CheckpointCallback(TrainerCallback):
         def __init__(self, at: Attempt):
@@ -226,7 +232,8 @@ def _callbacks():
                 log.warning("checkpoint: %s was not written; nothing to publish", local)
                 return
             t0 = time.time()
-            uri = storage.publish_checkpoint(local, at.spec.output.uri, step)
+            uri = storage.publish_checkpoint(local, at.spec.output.uri, step,
+                                             extra={"mlflow_run_id": at.tracker.run_id})
             storage.prune_checkpoints(at.spec.output.uri, at.spec.checkpoint.keep)
             at.checkpoint = (step, uri)
             at.checkpoints_published.append(step)
@@ -374,10 +381,6 @@ def execute(at: Attempt) -> None:
     cfg = sft_config(spec, out_dir, at.data.format, has_cuda, bool(at.data.validation), opts.strategy, at.notes)
     for note in at.notes:
         log.info("note: %s", note)
-    at.params = resolved_params(spec, cfg, at.data, counts, described, model_mod.attn_implementation(), opts)
-    if at.main:
-        at.tracker.log_params(at.params)
-
     progress_cb, preempt_cb, ckpt_cb = _callbacks()
     train_ds = Dataset.from_list(at.data.train)
     eval_ds = Dataset.from_list(at.data.validation) if at.data.validation else None
@@ -388,6 +391,12 @@ def execute(at: Attempt) -> None:
 
     trainer.remove_callback(PrinterCallback)  # our ProgressCallback prints one readable line instead
     at.trainer = trainer  # for tests and extra callbacks
+    at.params = resolved_params(spec, cfg, at.data, counts, described, model_mod.attn_implementation(), opts)
+    if at.main:
+        if at.params.get("distributed_backend"):
+            log.info("distributed: %s over %s, world size %d", opts.strategy, at.params["distributed_backend"],
+                     world_size())
+        at.tracker.log_params(at.params)
 
     with _timed(at, "train_seconds"):
         result = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
@@ -421,12 +430,30 @@ def execute(at: Attempt) -> None:
         trainer.save_model(str(adapter_dir))
         tokenizer.save_pretrained(str(adapter_dir))
         (adapter_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; consumers need none of it
+        (adapter_dir / ADAPTER_INFO).write_text(json.dumps(adapter_info(spec, described, at), indent=2) + "\n")
         adapter_uri = storage.join(spec.output.uri, "adapter")
         storage.upload_dir(adapter_dir, adapter_uri)
         at.outputs["adapter_uri"] = adapter_uri
     if spec.output.merge:
         with _timed(at, "merge_seconds"):
             at.outputs["merged_uri"] = merge(path, spec, adapter_dir, scratch / "merged", tokenizer)
+
+
+ADAPTER_INFO = "llmforge_adapter.json"
+
+
+def adapter_info(spec: Any, described: str, at: Attempt) -> dict[str, Any]:
+    """What the adapter was trained against (peft's adapter_config.json does not record the quantisation)."""
+    q = spec.quantization
+    return {
+        "base_model": described, "base_model_revision": spec.base_model.revision, "method": spec.method,
+        "quantization": ({"bits": q.bits, "type": q.type, "double_quant": q.double_quant,
+                          "compute_dtype": q.compute_dtype} if spec.method == "qlora" else None),
+        "lora": {"r": spec.lora.r, "alpha": spec.lora.alpha, "dropout": spec.lora.dropout,
+                 "target_modules": spec.lora.target_modules},
+        "steps": at.step, "job": {k: at.job.metadata.get(k) for k in ("namespace", "name", "uid")},
+        "mlflow_run_id": at.tracker.run_id,
+    }
 
 
 def merge(base_path: str, spec: Any, adapter_dir: Path, out_dir: Path, tokenizer: Any) -> str:
@@ -459,9 +486,14 @@ def resolved_params(spec: Any, cfg: Any, prepared: data_mod.Prepared, counts: di
     sft["eval_strategy"] = str(getattr(cfg.eval_strategy, "value", cfg.eval_strategy))
     sft["optim"] = str(getattr(cfg.optim, "value", cfg.optim))
     q = spec.quantization
+    backend = ""
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        backend = dist.get_backend() if dist.is_available() and dist.is_initialized() else ""
     params = {
         "base_model": described, "method": spec.method, "attn_implementation": attn, "strategy": opts.strategy,
-        "world_size": world_size(), "sft": sft,
+        "world_size": world_size(), "distributed_backend": backend, "sft": sft,
         "lora": {"r": spec.lora.r, "alpha": spec.lora.alpha, "dropout": spec.lora.dropout,
                  "target_modules": spec.lora.target_modules},
         "quantization": ({"bits": q.bits, "type": q.type, "double_quant": q.double_quant,

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from . import assets
-from .apiclient import Api
+from .apiclient import Api, ApiError
 from .nodes import default_nodes
 from .process import Proc, spawn, stop_all
 
@@ -43,6 +43,10 @@ def free_port() -> int:
 
 
 class LocalCluster:
+    """`work_dir` defaults to a temp dir removed on stop (kept, with logs, if start-up fails).
+    `die_with_parent` makes the kernel kill every component when the thread that started them
+    exits, so start it from the main thread (or pass False and call stop() yourself)."""
+
     def __init__(self, work_dir: str | Path | None = None, nodes: list[dict] | None = None,
                  build: bool = False, die_with_parent: bool = True, timeout: float = 240.0,
                  audit_policy: dict | None = None):
@@ -69,7 +73,11 @@ class LocalCluster:
         self.stop()
 
     def start(self) -> LocalCluster:
-        bins = assets.ensure_assets(assets.CONTROL_PLANE, build=self.build)
+        try:
+            bins = assets.ensure_assets(assets.CONTROL_PLANE, build=self.build)
+        except BaseException:
+            self.stop()  # nothing started yet; just drop our temp dir
+            raise
         self.work_dir.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.timeout
         try:
@@ -188,8 +196,11 @@ class LocalCluster:
             dead = [p.name for p in self.procs if not p.alive()]
             if dead:
                 raise ClusterStartError(f"{', '.join(dead)} exited while waiting for {what}")
-            if check():
-                return
+            try:
+                if check():
+                    return
+            except (OSError, ApiError):
+                pass  # a refused connection or a 5xx while starting means "not yet"
             time.sleep(0.25)
         raise ClusterStartError(f"timed out after {self.timeout:.0f}s waiting for {what}")
 

