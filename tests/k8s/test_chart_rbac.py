@@ -29,7 +29,7 @@ from kubernetes import client
 
 from llmforge.devcluster import LocalCluster, assets
 from llmforge.devcluster.cluster import free_port
-from tests.cases import ftj, mdep
+from tests.cases import ftj, lfe, mdep
 from tests.unit.test_argocd_health import CHECKS, run_health
 
 pytestmark = pytest.mark.k8s
@@ -49,8 +49,8 @@ AUDIT_POLICY = {
 }
 
 #: Granted by the chart, not exercised here: (apiGroup, resource, verb) -> why it is granted. The runs below
-#: reconcile FineTuneJobs and a ModelDeployment (gateway, PodMonitoring, autoscaling turned off) without a
-#: canary; what remains was read from the controllers' code.
+#: reconcile FineTuneJobs, an Evaluation and a ModelDeployment (gateway, PodMonitoring, autoscaling turned
+#: off) without a canary; what remains was read from the controllers' code.
 PRUNE = "ModelDeployment controller deletes a child it no longer builds (here only the HPA is pruned)"
 SERVICEMONITOR = "ModelDeployment controller uses a ServiceMonitor only where PodMonitoring is absent"
 UNUSED_HERE = {
@@ -62,9 +62,6 @@ UNUSED_HERE = {
     ("gateway.networking.k8s.io", "httproutes", "get"): PRUNE,
     ("monitoring.googleapis.com", "podmonitorings", "get"): PRUNE,
     **{("monitoring.coreos.com", "servicemonitors", v): SERVICEMONITOR for v in ("get", "create", "patch", "delete")},
-    ("llmforge.dev", "evaluations", "get"): "ModelDeployment controller reads the Evaluation that gates a canary",
-    ("llmforge.dev", "evaluations", "patch"): "kopf finalizer/annotations when it handles an Evaluation",
-    ("llmforge.dev", "evaluations/status", "patch"): "status of Evaluations",
 }
 
 
@@ -197,14 +194,15 @@ def operator_as_chart_sa(audited_cluster, tmp_path_factory):
             proc.kill()
 
 
-def _wait_phase(run: Run, name: str, phases: tuple[str, ...], timeout: float = 120) -> dict:
+def _wait_phase(run: Run, name: str, phases: tuple[str, ...], timeout: float = 120, job: bool = False) -> dict:
     with _api(run.local) as api:
         objs = client.CustomObjectsApi(api)
         deadline, obj = time.monotonic() + timeout, {}
         while time.monotonic() < deadline and run.proc.poll() is None:
             obj = objs.get_namespaced_custom_object("llmforge.dev", "v1alpha1", run.ns, "finetunejobs", name)
             status = obj.get("status") or {}
-            if status.get("phase") in phases and status.get("observedGeneration") == obj["metadata"]["generation"]:
+            if (status.get("phase") in phases and status.get("observedGeneration") == obj["metadata"]["generation"]
+                    and (status.get("jobName") or not job)):
                 return obj
             time.sleep(1)
     pytest.fail(f"{name}: phase not in {phases}: {obj.get('status')}\n{run.log.read_text()[-3000:]}")
@@ -249,6 +247,38 @@ def test_argocd_health_of_live_finetunejobs(operator_as_chart_sa):
             meta = {k: obj["metadata"][k] for k in ("name", "namespace", "generation", "creationTimestamp")}
             Path(os.environ["LLMFORGE_CAPTURE_DIR"], f"{name}.yaml").write_text(yaml.safe_dump(
                 {**obj, "metadata": meta}, sort_keys=False))
+
+
+def test_argocd_health_of_a_live_evaluation(operator_as_chart_sa):
+    """The Evaluation controller, as the chart's ServiceAccount, evaluates the FineTuneJob `fits` (finished
+    by kwok above): an eval Job appears and whatever phase it reaches reads right in Argo CD."""
+    run = operator_as_chart_sa
+    script = (CHECKS / "Evaluation" / "health.lua").read_text()
+    resource = lfe(model={"fineTuneJobRef": {"name": "fits"}}, resources={"accelerator": "nvidia-l4", "count": 1})
+    resource["metadata"] = {"name": "gate", "namespace": run.ns}
+    with _api(run.local) as api:
+        objs = client.CustomObjectsApi(api)
+        objs.create_namespaced_custom_object("llmforge.dev", "v1alpha1", run.ns, "evaluations", resource)
+        deadline, obj = time.monotonic() + 120, {}
+        while time.monotonic() < deadline and run.proc.poll() is None:
+            obj = objs.get_namespaced_custom_object("llmforge.dev", "v1alpha1", run.ns, "evaluations", "gate")
+            status = obj.get("status") or {}
+            if status.get("phase") in ("Succeeded", "Failed") and status.get("observedGeneration") == 1:
+                break
+            time.sleep(1)
+        jobs = [j.metadata.name for j in client.BatchV1Api(api).list_namespaced_job(run.ns).items]
+        assert any(j.startswith("gate-") for j in jobs), (jobs, obj.get("status"), run.log.read_text()[-3000:])
+    status = obj.get("status") or {}
+    assert status.get("phase") in ("Succeeded", "Failed"), status
+    health = run_health(script, obj)
+    if status["phase"] == "Failed" or status.get("passed") is False:
+        assert health["status"] == "Degraded", (health, status)
+    else:
+        assert health["status"] == "Healthy", (health, status)
+    if os.environ.get("LLMFORGE_CAPTURE_DIR"):
+        meta = {k: obj["metadata"][k] for k in ("name", "namespace", "generation", "creationTimestamp")}
+        Path(os.environ["LLMFORGE_CAPTURE_DIR"], f"captured_{status['phase'].lower()}.yaml").write_text(
+            yaml.safe_dump({**obj, "metadata": meta}, sort_keys=False))
 
 
 def test_argocd_health_of_a_live_modeldeployment(operator_as_chart_sa):
@@ -297,8 +327,13 @@ def test_operator_reconciles_with_exactly_the_chart_rbac(operator_as_chart_sa):
     local, ns_sys, ns, granted = run.local, run.ns_sys, run.ns, run.granted
     _create(run, "rbac-check", resources={"accelerator": "nvidia-l4", "count": 1},
             training={"batchSize": 1, "maxSeqLength": 1024})
-    _wait_phase(run, "rbac-check", ("Running", "Succeeded"))
-    time.sleep(6)  # let a timer tick (progress/cost) run with the same credentials
+    # The GPUs may be taken by the tests above (kwok nodes are finite): a created Job is what counts here.
+    _wait_phase(run, "rbac-check", ("Pending", "Running", "Succeeded"), job=True)
+    # A Job whose pods cannot be created (no such ServiceAccount): the operator reads the FailedCreate Event.
+    _create(run, "no-sa", resources={"accelerator": "nvidia-l4", "count": 1},
+            training={"batchSize": 1, "maxSeqLength": 1024}, serviceAccountName="does-not-exist")
+    _wait_phase(run, "no-sa", ("Pending", "Failed"), job=True)
+    time.sleep(6)  # let timer ticks (progress/cost, FailedCreate) run with the same credentials
     with _api(local) as api:
         objs = client.CustomObjectsApi(api)
         objs.delete_namespaced_custom_object("llmforge.dev", "v1alpha1", ns, "finetunejobs", "rbac-check")
@@ -311,14 +346,14 @@ def test_operator_reconciles_with_exactly_the_chart_rbac(operator_as_chart_sa):
             time.sleep(0.5)
     assert run.proc.poll() is None, run.log.read_text()[-3000:]
 
-    text = run.log.read_text()
-    assert "forbidden" not in text.lower() and " 403" not in text, text[-4000:]
 
     calls = _calls(local.audit_log, f"system:serviceaccount:{ns_sys}:{SA}")
     assert len(calls) > 10
     refused = [(c["verb"], c["objectRef"], c["responseStatus"]) for c in calls
                if c.get("responseStatus", {}).get("code") == 403]
     assert refused == []
+    text = run.log.read_text()
+    assert "forbidden" not in text.lower() and " 403" not in text, text[-4000:]
 
     used: set[tuple[str, str, str]] = set()
     for c in calls:
@@ -333,7 +368,8 @@ def test_operator_reconciles_with_exactly_the_chart_rbac(operator_as_chart_sa):
     assert used - granted == set()
     for must in [("batch", "jobs", "create"), ("", "configmaps", "create"), ("", "pods", "watch"),
                  ("llmforge.dev", "finetunejobs", "watch"), ("llmforge.dev", "finetunejobs", "patch"),
-                 ("", "events", "create"), ("apiextensions.k8s.io", "customresourcedefinitions", "watch")]:
+                 ("", "events", "create"), ("", "events", "list"),
+                 ("apiextensions.k8s.io", "customresourcedefinitions", "watch")]:
         assert must in used, (must, sorted(used))
     unused = granted - used
     unexplained = sorted(unused - set(UNUSED_HERE))
