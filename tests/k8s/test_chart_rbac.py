@@ -9,7 +9,7 @@ then read the audit log:
   i.e. PATCH answered 201, also needs `create`);
 - every permission granted is either used here or listed in UNUSED_HERE with the reason: the list can only
   shrink as more reconcilers are exercised, and a permission nobody needs shows up as a failure.
-The same run feeds the Argo CD FineTuneJob health check the statuses the operator really wrote.
+The same run feeds the Argo CD health checks the statuses the operator really wrote.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from kubernetes import client
 
 from llmforge.devcluster import LocalCluster, assets
 from llmforge.devcluster.cluster import free_port
-from tests.cases import ftj
+from tests.cases import ftj, lfe, mdep
 from tests.unit.test_argocd_health import CHECKS, run_health
 
 pytestmark = pytest.mark.k8s
@@ -48,24 +48,20 @@ AUDIT_POLICY = {
     ],
 }
 
-#: Granted by the chart, not exercised by a FineTuneJob reconcile: (apiGroup, resource, verb) -> why granted.
-#: Read from the ModelDeployment controller (branch mdep), which has no k8s test yet.
-SERVING = "ModelDeployment controller: server-side apply of serving children, pruned when no longer built"
+#: Granted by the chart, not exercised here: (apiGroup, resource, verb) -> why it is granted. The runs below
+#: reconcile FineTuneJobs, an Evaluation and a ModelDeployment (gateway, PodMonitoring, autoscaling turned
+#: off) without a canary; what remains was read from the controllers' code.
+PRUNE = "ModelDeployment controller deletes a child it no longer builds (here only the HPA is pruned)"
+SERVICEMONITOR = "ModelDeployment controller uses a ServiceMonitor only where PodMonitoring is absent"
 UNUSED_HERE = {
-    **{(g, r, v): SERVING for g, r in [("apps", "deployments"), ("", "services"),
-                                       ("autoscaling", "horizontalpodautoscalers"),
-                                       ("policy", "poddisruptionbudgets"),
-                                       ("gateway.networking.k8s.io", "httproutes"),
-                                       ("monitoring.googleapis.com", "podmonitorings"),
-                                       ("monitoring.coreos.com", "servicemonitors")]
-       for v in ("get", "create", "patch", "delete")},
-    ("", "configmaps", "get"): SERVING + " (vLLM config per variant)",
-    ("", "configmaps", "delete"): SERVING + " (a retired canary's config)",
-    ("llmforge.dev", "evaluations", "get"): "ModelDeployment controller reads the Evaluation that gates a canary",
-    ("llmforge.dev", "evaluations", "patch"): "kopf finalizer/annotations when it handles an Evaluation",
-    ("llmforge.dev", "modeldeployments", "patch"): "kopf finalizer/annotations when it handles a ModelDeployment",
-    ("llmforge.dev", "evaluations/status", "patch"): "status of Evaluations",
-    ("llmforge.dev", "modeldeployments/status", "patch"): "status of ModelDeployments",
+    **{(g, r, "delete"): PRUNE for g, r in [("apps", "deployments"), ("", "services"), ("", "configmaps"),
+                                            ("policy", "poddisruptionbudgets"),
+                                            ("gateway.networking.k8s.io", "httproutes"),
+                                            ("monitoring.googleapis.com", "podmonitorings")]},
+    # Read only to check the label before pruning one.
+    ("gateway.networking.k8s.io", "httproutes", "get"): PRUNE,
+    ("monitoring.googleapis.com", "podmonitorings", "get"): PRUNE,
+    **{("monitoring.coreos.com", "servicemonitors", v): SERVICEMONITOR for v in ("get", "create", "patch", "delete")},
 }
 
 
@@ -116,6 +112,32 @@ def _calls(audit_log: str, user: str) -> list[dict]:
     return list(latest.values())
 
 
+#: GKE's kinds the ModelDeployment controller writes when their CRDs exist: stand-ins with open schemas, so
+#: its HTTPRoute and PodMonitoring calls happen here too (the real schemas are not needed for RBAC).
+STANDIN_CRDS = [("gateway.networking.k8s.io", "HTTPRoute", "httproutes"),
+                ("monitoring.googleapis.com", "PodMonitoring", "podmonitorings")]
+
+
+def _install_standin_crds(api: client.ApiClient) -> None:
+    ext = client.ApiextensionsV1Api(api)
+    for group, kind, plural in STANDIN_CRDS:
+        ext.create_custom_resource_definition({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.{group}", "annotations": {
+                # *.k8s.io groups need it; the real Gateway API CRDs carry this value.
+                "api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api/pull/1538"}},
+            "spec": {"group": group, "scope": "Namespaced",
+                     "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                     "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                         "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}})
+    deadline = time.monotonic() + 30
+    for group, _, plural in STANDIN_CRDS:
+        while not any(c.type == "Established" and c.status == "True" for c in
+                      ext.read_custom_resource_definition(f"{plural}.{group}").status.conditions or []):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+
+
 @dataclass
 class Run:
     local: LocalCluster
@@ -137,6 +159,7 @@ def operator_as_chart_sa(audited_cluster, tmp_path_factory):
     assert granted
 
     with _api(local) as api:
+        _install_standin_crds(api)
         core = client.CoreV1Api(api)
         token = core.create_namespaced_service_account_token(
             SA, ns_sys, client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
@@ -171,14 +194,15 @@ def operator_as_chart_sa(audited_cluster, tmp_path_factory):
             proc.kill()
 
 
-def _wait_phase(run: Run, name: str, phases: tuple[str, ...], timeout: float = 120) -> dict:
+def _wait_phase(run: Run, name: str, phases: tuple[str, ...], timeout: float = 120, job: bool = False) -> dict:
     with _api(run.local) as api:
         objs = client.CustomObjectsApi(api)
         deadline, obj = time.monotonic() + timeout, {}
         while time.monotonic() < deadline and run.proc.poll() is None:
             obj = objs.get_namespaced_custom_object("llmforge.dev", "v1alpha1", run.ns, "finetunejobs", name)
             status = obj.get("status") or {}
-            if status.get("phase") in phases and status.get("observedGeneration") == obj["metadata"]["generation"]:
+            if (status.get("phase") in phases and status.get("observedGeneration") == obj["metadata"]["generation"]
+                    and (status.get("jobName") or not job)):
                 return obj
             time.sleep(1)
     pytest.fail(f"{name}: phase not in {phases}: {obj.get('status')}\n{run.log.read_text()[-3000:]}")
@@ -225,13 +249,91 @@ def test_argocd_health_of_live_finetunejobs(operator_as_chart_sa):
                 {**obj, "metadata": meta}, sort_keys=False))
 
 
+def test_argocd_health_of_a_live_evaluation(operator_as_chart_sa):
+    """The Evaluation controller, as the chart's ServiceAccount, evaluates the FineTuneJob `fits` (finished
+    by kwok above): an eval Job appears and whatever phase it reaches reads right in Argo CD."""
+    run = operator_as_chart_sa
+    script = (CHECKS / "Evaluation" / "health.lua").read_text()
+    resource = lfe(model={"fineTuneJobRef": {"name": "fits"}}, resources={"accelerator": "nvidia-l4", "count": 1})
+    resource["metadata"] = {"name": "gate", "namespace": run.ns}
+    with _api(run.local) as api:
+        objs = client.CustomObjectsApi(api)
+        objs.create_namespaced_custom_object("llmforge.dev", "v1alpha1", run.ns, "evaluations", resource)
+        deadline, obj = time.monotonic() + 120, {}
+        while time.monotonic() < deadline and run.proc.poll() is None:
+            obj = objs.get_namespaced_custom_object("llmforge.dev", "v1alpha1", run.ns, "evaluations", "gate")
+            status = obj.get("status") or {}
+            if status.get("phase") in ("Succeeded", "Failed") and status.get("observedGeneration") == 1:
+                break
+            time.sleep(1)
+        jobs = [j.metadata.name for j in client.BatchV1Api(api).list_namespaced_job(run.ns).items]
+        assert any(j.startswith("gate-") for j in jobs), (jobs, obj.get("status"), run.log.read_text()[-3000:])
+    status = obj.get("status") or {}
+    assert status.get("phase") in ("Succeeded", "Failed"), status
+    health = run_health(script, obj)
+    if status["phase"] == "Failed" or status.get("passed") is False:
+        assert health["status"] == "Degraded", (health, status)
+    else:
+        assert health["status"] == "Healthy", (health, status)
+    if os.environ.get("LLMFORGE_CAPTURE_DIR"):
+        meta = {k: obj["metadata"][k] for k in ("name", "namespace", "generation", "creationTimestamp")}
+        Path(os.environ["LLMFORGE_CAPTURE_DIR"], f"captured_{status['phase'].lower()}.yaml").write_text(
+            yaml.safe_dump({**obj, "metadata": meta}, sort_keys=False))
+
+
+def test_argocd_health_of_a_live_modeldeployment(operator_as_chart_sa):
+    """The ModelDeployment controller, as the chart's ServiceAccount, serves a base model: its Deployment,
+    Service and HPA appear, kwok makes the pods ready, and the status reads right in Argo CD."""
+    run = operator_as_chart_sa
+    script = (CHECKS / "ModelDeployment" / "health.lua").read_text()
+    resource = mdep(resources={"accelerator": "nvidia-l4", "count": 1},
+                    autoscaling={"minReplicas": 1, "maxReplicas": 2},
+                    routing={"gateway": {"name": "llm-gateway", "namespace": "gateway"}})
+    resource["metadata"] = {"name": "serve", "namespace": run.ns}
+    with _api(run.local) as api:
+        objs = client.CustomObjectsApi(api)
+        objs.create_namespaced_custom_object("llmforge.dev", "v1alpha1", run.ns, "modeldeployments", resource)
+        deadline, obj = time.monotonic() + 120, {}
+        while time.monotonic() < deadline and run.proc.poll() is None:
+            obj = objs.get_namespaced_custom_object("llmforge.dev", "v1alpha1", run.ns, "modeldeployments", "serve")
+            status = obj.get("status") or {}
+            if status.get("phase") in ("Ready", "Degraded") and status.get("observedGeneration") == 1:
+                break
+            time.sleep(1)
+        assert client.AppsV1Api(api).list_namespaced_deployment(run.ns).items, run.log.read_text()[-3000:]
+        for group, _, plural in STANDIN_CRDS:
+            assert objs.list_namespaced_custom_object(group, "v1", run.ns, plural)["items"], plural
+
+        # Autoscaling off: the controller prunes the HPA it no longer builds.
+        hpas = client.AutoscalingV2Api(api)
+        assert hpas.list_namespaced_horizontal_pod_autoscaler(run.ns).items
+        objs.patch_namespaced_custom_object("llmforge.dev", "v1alpha1", run.ns, "modeldeployments", "serve",
+                                            {"spec": {"autoscaling": {"enabled": False}}})
+        deadline = time.monotonic() + 60
+        while hpas.list_namespaced_horizontal_pod_autoscaler(run.ns).items:
+            assert time.monotonic() < deadline, run.log.read_text()[-3000:]
+            time.sleep(0.5)
+    health = run_health(script, obj)
+    expected = {"Ready": "Healthy", "Progressing": "Progressing", "Degraded": "Degraded"}
+    assert health["status"] == expected[obj["status"]["phase"]], (health, obj["status"])
+    if os.environ.get("LLMFORGE_CAPTURE_DIR"):
+        meta = {k: obj["metadata"][k] for k in ("name", "namespace", "generation", "creationTimestamp")}
+        Path(os.environ["LLMFORGE_CAPTURE_DIR"], f"captured_{obj['status']['phase'].lower()}.yaml").write_text(
+            yaml.safe_dump({**obj, "metadata": meta}, sort_keys=False))
+
+
 def test_operator_reconciles_with_exactly_the_chart_rbac(operator_as_chart_sa):
     run = operator_as_chart_sa
     local, ns_sys, ns, granted = run.local, run.ns_sys, run.ns, run.granted
     _create(run, "rbac-check", resources={"accelerator": "nvidia-l4", "count": 1},
             training={"batchSize": 1, "maxSeqLength": 1024})
-    _wait_phase(run, "rbac-check", ("Running", "Succeeded"))
-    time.sleep(6)  # let a timer tick (progress/cost) run with the same credentials
+    # The GPUs may be taken by the tests above (kwok nodes are finite): a created Job is what counts here.
+    _wait_phase(run, "rbac-check", ("Pending", "Running", "Succeeded"), job=True)
+    # A Job whose pods cannot be created (no such ServiceAccount): the operator reads the FailedCreate Event.
+    _create(run, "no-sa", resources={"accelerator": "nvidia-l4", "count": 1},
+            training={"batchSize": 1, "maxSeqLength": 1024}, serviceAccountName="does-not-exist")
+    _wait_phase(run, "no-sa", ("Pending", "Failed"), job=True)
+    time.sleep(6)  # let timer ticks (progress/cost, FailedCreate) run with the same credentials
     with _api(local) as api:
         objs = client.CustomObjectsApi(api)
         objs.delete_namespaced_custom_object("llmforge.dev", "v1alpha1", ns, "finetunejobs", "rbac-check")
@@ -244,14 +346,14 @@ def test_operator_reconciles_with_exactly_the_chart_rbac(operator_as_chart_sa):
             time.sleep(0.5)
     assert run.proc.poll() is None, run.log.read_text()[-3000:]
 
-    text = run.log.read_text()
-    assert "forbidden" not in text.lower() and " 403" not in text, text[-4000:]
 
     calls = _calls(local.audit_log, f"system:serviceaccount:{ns_sys}:{SA}")
     assert len(calls) > 10
     refused = [(c["verb"], c["objectRef"], c["responseStatus"]) for c in calls
                if c.get("responseStatus", {}).get("code") == 403]
     assert refused == []
+    text = run.log.read_text()
+    assert "forbidden" not in text.lower() and " 403" not in text, text[-4000:]
 
     used: set[tuple[str, str, str]] = set()
     for c in calls:
@@ -266,7 +368,8 @@ def test_operator_reconciles_with_exactly_the_chart_rbac(operator_as_chart_sa):
     assert used - granted == set()
     for must in [("batch", "jobs", "create"), ("", "configmaps", "create"), ("", "pods", "watch"),
                  ("llmforge.dev", "finetunejobs", "watch"), ("llmforge.dev", "finetunejobs", "patch"),
-                 ("", "events", "create"), ("apiextensions.k8s.io", "customresourcedefinitions", "watch")]:
+                 ("", "events", "create"), ("", "events", "list"),
+                 ("apiextensions.k8s.io", "customresourcedefinitions", "watch")]:
         assert must in used, (must, sorted(used))
     unused = granted - used
     unexplained = sorted(unused - set(UNUSED_HERE))

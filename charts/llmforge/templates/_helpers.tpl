@@ -60,7 +60,7 @@ this with the kube-apiserver audit log of a real reconcile):
 - kopf watches the three kinds and patches them (finalizers, annotations) and their status subresource;
   the FineTuneJob controller re-reads FineTuneJobs, the ModelDeployment controller reads the FineTuneJobs
   and Evaluations it serves and gates on;
-- Events for handler outcomes;
+- Events: posted for handler outcomes; listed (field-selected) to surface a Job's FailedCreate reason;
 - Pods are listed and watched (label-filtered), never read one by one; their metrics are read over HTTP;
 - children are written with server-side apply (PATCH, plus create for the first apply): Jobs are suspended by
   a merge patch and never deleted (ownerReferences GC), serving children are pruned (deleted) when a canary
@@ -79,7 +79,7 @@ this with the kube-apiserver audit log of a real reconcile):
   verbs: [patch]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
