@@ -134,9 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         print(kubectl(kubeconfig, "get", "finetunejob", "quickstart", "-o", "jsonpath={.status.cost}"))
 
         say("5/5 a completion from the served endpoint (the adapter `quickstart`)")
+        # The final statuses, for people and for tests/e2e: what the run really produced.
+        (ROOT / "status.json").write_text(kubectl(kubeconfig, "get", "llmforge", "-o", "json"))
         if state.get("ModelDeployment") == "Ready":
             prompt = "What sound does a cat make?"
-            print(f"prompt: {prompt}\ncompletion: {complete(prompt)!r}")
+            text = complete(prompt)
+            (ROOT / "completion.txt").write_text(text)
+            print(f"prompt: {prompt}\ncompletion: {text!r}")
         else:
             print(f"not serving: {state}; see {ROOT / 'operator.log'} and {ROOT / 'pods'}")
             return 1
