@@ -1,6 +1,6 @@
 """Evaluation throughput: batched generation (what llmforge-eval does) vs a per-sample generate loop.
 
-Same model (tiny Llama + a LoRA adapter that learned the toy task), same held-out prompts, same decoding
+Same model (tiny Llama + the adapter ``llmforge-train`` trained on the toy task), same held-out prompts, same decoding
 (greedy, maxNewTokens), same process, interleaved rounds so both see the same machine load. Prints a
 Markdown table row to paste into docs/benchmarks.md ("Evaluation"). Not a test: timings depend on the host.
 
@@ -33,16 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     import torch
+
     from llmforge.api.evaluation import Generation
     from llmforge_trainer.evaluate import HFBackend, build_examples, predict
     from llmforge_trainer.tiny import make_records
-
-    from tests.eval.conftest import train_quick_adapter
-    from tests.fixtures.ml import TINY_CACHE, tiny_model_path
+    from tests.eval.conftest import trained_adapter_path
+    from tests.fixtures.ml import tiny_model_path
 
     torch.set_num_threads(a.threads)
     base = tiny_model_path()
-    adapter = train_quick_adapter(base, TINY_CACHE / "eval-adapter-v1")
+    adapter = trained_adapter_path(base)
     backend = HFBackend(str(base), str(adapter))
     convs = [r["messages"] for r in make_records(a.samples, "chat", offset=384 - a.samples)]
     ex = build_examples(backend.tokenizer, convs, range(len(convs)))

@@ -141,3 +141,8 @@ SEMANTIC_CASES = [
     Case("lfe-threshold-unknown-metric", lfe(thresholds={"bertScore": {"min": 0.5}}), "spec.thresholds.bertScore",
          "", "not a metric or check"),
 ]
+
+SEMANTIC_CASES.append(Case(
+    "mdep-adapter-named-like-base",
+    mdep(model={"baseModel": {"uri": "gs://b/m"}, "adapters": [{"name": "bad-base", "uri": "gs://b/a"}]}),
+    "spec.model.adapters[0].name", "", "is the base model's served name"))

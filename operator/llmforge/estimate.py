@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .api.common import Resources
 from .api.finetunejob import FineTuneJobSpec
 from .pricing import PriceTable
 
@@ -318,3 +319,19 @@ def _what_fits(spec: FineTuneJobSpec, shape: ModelShape) -> list[str]:
             out.append(f"maxSeqLength {seq} with batchSize 1")
             break
     return out or ["nothing on one node; use a smaller model"]
+
+
+#: `auto` considers these, cheapest first (weights + KV cache must fit in GPU memory across `count` GPUs).
+AUTO_ORDER = ("nvidia-l4", "nvidia-tesla-a100", "nvidia-a100-80gb", "nvidia-h100-80gb")
+
+
+def serving_accelerator(res: Resources, model_name: str | None) -> str:
+    """The accelerator to serve on: the one asked for, or for `auto` the cheapest whose memory holds the
+    bf16 weights (2 bytes/param, size from the shared estimate's presets or the name) plus ~30% KV cache
+    across `count` GPUs; an unknown size is taken as 8B."""
+    if res.accelerator != "auto":
+        return res.accelerator
+    shape = shape_from_name(model_name)
+    params = shape.params if shape else 8e9
+    need_gib = params * 2 * 1.3 / 2**30 / res.count
+    return next((a for a in AUTO_ORDER if need_gib <= capacity_gib(a)), AUTO_ORDER[-1])

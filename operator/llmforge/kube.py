@@ -7,6 +7,7 @@ Synchronous: controllers call them through ``asyncio.to_thread``.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from typing import Any
 from urllib.parse import quote
@@ -15,9 +16,12 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 #: kind -> plural for the kinds we touch.
-PLURALS = {"Job": "jobs", "Pod": "pods", "ConfigMap": "configmaps", "Secret": "secrets", "Event": "events",
+PLURALS = {"Namespace": "namespaces", "Job": "jobs", "Pod": "pods", "ConfigMap": "configmaps", "Secret": "secrets",
+           "Event": "events",
            "FineTuneJob": "finetunejobs", "Evaluation": "evaluations", "ModelDeployment": "modeldeployments",
-           "Deployment": "deployments", "Service": "services"}
+           "Deployment": "deployments", "Service": "services",
+           "HorizontalPodAutoscaler": "horizontalpodautoscalers", "PodDisruptionBudget": "poddisruptionbudgets",
+           "HTTPRoute": "httproutes", "PodMonitoring": "podmonitorings", "ServiceMonitor": "servicemonitors"}
 
 _lock = threading.Lock()
 _client: client.ApiClient | None = None
@@ -32,7 +36,8 @@ def api_client() -> client.ApiClient:
             try:
                 config.load_incluster_config(client_configuration=cfg)
             except config.ConfigException:
-                config.load_kube_config(client_configuration=cfg)
+                # The client reads $KUBECONFIG at import time; read it now so a later setting counts.
+                config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
             cfg.connection_pool_maxsize = 16
             _client = client.ApiClient(cfg)
         return _client
@@ -59,7 +64,8 @@ def request(method: str, url_path: str, body: Any = None, query: dict[str, str] 
     if content_type:
         headers["Content-Type"] = content_type
     if body is not None and not isinstance(body, (str, bytes)):
-        body = json.dumps(body)
+        # The client's REST layer serialises JSON bodies itself: a pre-encoded string would arrive as a
+        # JSON string (the API server then answers 500 "cannot unmarshal string").
         headers.setdefault("Content-Type", "application/json")
     m, url, hdrs, data, post = api.param_serialize(method, url_path, query_params=list((query or {}).items()),
                                                    header_params=headers, body=body,
@@ -77,7 +83,7 @@ def apply(obj: dict[str, Any], field_manager: str) -> dict[str, Any]:
     """Server-side apply (force: we own these objects). Creating twice yields one object."""
     meta = obj["metadata"]
     url = path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
-    return request("PATCH", url, json.dumps(obj), {"fieldManager": field_manager, "force": "true"},
+    return request("PATCH", url, obj, {"fieldManager": field_manager, "force": "true"},
                    "application/apply-patch+yaml")
 
 

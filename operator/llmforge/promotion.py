@@ -54,7 +54,7 @@ class State:
 
 @dataclass(frozen=True)
 class Gate:
-    """The Evaluation verdict."""
+    """May the canary take more traffic: the Evaluation is Passed (and the canary serves); else why not."""
 
     passed: bool
     reason: str = ""
@@ -135,8 +135,7 @@ def decide(state: State | None, *, rev: str, initial_weight: int, policy: Policy
     if state.step + 1 >= len(policy.steps):
         return Decision(state, "Hold", f"last step reached at {state.weight}%")
     if not gate.passed:
-        return Decision(state, "Blocked", f"Evaluation not Passed: {gate.reason}" if gate.reason
-                        else "Evaluation not Passed")
+        return Decision(state, "Blocked", gate.reason or "Evaluation not Passed")
     if state.weight > 0 and sample.requests < policy.min_requests:
         return Decision(state, "Waiting",
                         f"{sample.requests:g} of {policy.min_requests} requests needed to judge {state.weight}%")

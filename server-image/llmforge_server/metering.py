@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -50,13 +51,18 @@ class Settings:
         return OTHER_MODEL
 
 
+#: requested_model's answer for a body it cannot read (not JSON, not an object, or too large to keep).
+UNREADABLE = object()
+
+
 def requested_model(body: bytes) -> object:
-    """The ``model`` field of a JSON request body, or None when absent or unreadable."""
+    """The ``model`` field of a JSON request body: None when absent (vLLM's default model), UNREADABLE when
+    the body is not a JSON object (labelled ``other``)."""
     try:
         data = json.loads(body)
     except ValueError:
-        return None
-    return data.get("model") if isinstance(data, dict) else None
+        return UNREADABLE
+    return data.get("model") if isinstance(data, dict) else UNREADABLE
 
 
 def usage_counts(usage: object) -> tuple[int, int] | None:
@@ -79,33 +85,37 @@ def parse_json_body(body: bytes) -> dict[str, Any] | None:
 
 
 class SseTail:
-    """Keeps the last complete ``data:`` event of a server-sent-event stream other than ``[DONE]``.
+    """The last ``data:`` event of a server-sent-event stream other than ``[DONE]``.
 
     With ``stream_options.include_usage`` vLLM's last event before ``[DONE]`` is the usage chunk
-    (``choices: []``, ``usage: {...}``). Events are split on blank lines across chunk boundaries;
-    only the last event is kept, so memory stays bounded by one event.
+    (``choices: []``, ``usage: {...}``). ``feed`` only keeps the most recent chunks (at least ``keep_bytes``
+    of them), so it costs an append per chunk and memory stays bounded; events are parsed once, at the end,
+    across chunk boundaries.
     """
 
-    __slots__ = ("_pending", "last")
+    __slots__ = ("_chunks", "_size", "_keep")
 
-    def __init__(self) -> None:
-        self._pending = b""
-        self.last: bytes | None = None
+    def __init__(self, keep_bytes: int = 64 * 1024) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._keep = keep_bytes
 
     def feed(self, chunk: bytes) -> None:
         if not chunk:
             return
-        data = self._pending + chunk if self._pending else chunk
-        parts = data.replace(b"\r\n", b"\n").split(b"\n\n")
-        self._pending = parts.pop()
-        for event in reversed(parts):
-            payload = _event_data(event)
-            if payload is not None and payload != b"[DONE]":
-                self.last = payload
-                break
+        chunks = self._chunks
+        chunks.append(chunk)
+        self._size += len(chunk)
+        while self._size - len(chunks[0]) >= self._keep:
+            self._size -= len(chunks.popleft())
 
     def last_json(self) -> dict[str, Any] | None:
-        return parse_json_body(self.last) if self.last is not None else None
+        events = b"".join(self._chunks).replace(b"\r\n", b"\n").split(b"\n\n")
+        for event in reversed(events):
+            payload = _event_data(event)
+            if payload is not None and payload != b"[DONE]":
+                return parse_json_body(payload)
+        return None
 
 
 def _event_data(event: bytes) -> bytes | None:

@@ -21,8 +21,9 @@ import shlex
 import sys
 from typing import Any
 
-from llmforge.api.serving import ENV_SERVED_MODELS, ENV_USD_PER_HOUR, ENV_VARIANT, ServeConfig
 from pydantic import ValidationError
+
+from llmforge.api.serving import ENV_SERVED_MODELS, ENV_USD_PER_HOUR, ENV_VARIANT, ServeConfig
 
 from .args import VLLM_MODULE, vllm_args
 from .fetch import planned_path, resolve

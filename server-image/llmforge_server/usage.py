@@ -24,12 +24,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from llmforge.api.serving import USAGE_METRICS
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from llmforge.api.serving import USAGE_METRICS
 
 from .cost import FairShareMeter
 from .metering import (
     METERED_PATHS,
+    UNREADABLE,
     Settings,
     SseTail,
     parse_json_body,
@@ -73,30 +75,52 @@ class Metrics:
 
 
 @dataclass
-class _Shared:
-    """One per process: every middleware instance shares the meter, so in-flight counts are global."""
+class UsageState:
+    """What every middleware instance in a process shares: settings, series and one cost meter, so
+    in-flight counts are global. vLLM's instance uses ``process_state()``; tests make their own."""
 
     settings: Settings
     metrics: Metrics
     meter: FairShareMeter
     busy_reported: float = 0.0
     children: dict = field(default_factory=dict)
+    """model label -> that model's labelled series (labels() lookups are cached per model)."""
+
+    def __post_init__(self) -> None:
+        self.in_flight = self.metrics.in_flight.labels(self.settings.variant)
+        self.busy = self.metrics.busy.labels(self.settings.variant)
+
+    @classmethod
+    def create(cls, settings: Settings, registry: CollectorRegistry = REGISTRY) -> UsageState:
+        return cls(settings, Metrics(registry), FairShareMeter(settings.usd_per_hour, time.monotonic()))
 
 
-_SHARED: _Shared | None = None
+_PROCESS_STATE: UsageState | None = None
 
 
-def _shared() -> _Shared:
-    global _SHARED
-    if _SHARED is None:
-        settings = Settings.from_env()
-        _SHARED = _Shared(settings, Metrics(), FairShareMeter(settings.usd_per_hour, time.monotonic()))
-    return _SHARED
+def process_state() -> UsageState:
+    """The process-wide state, from the environment, registered on prometheus_client's default registry."""
+    global _PROCESS_STATE
+    if _PROCESS_STATE is None:
+        _PROCESS_STATE = UsageState.create(Settings.from_env())
+    return _PROCESS_STATE
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at the time of the record (it may be replaced after start)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value):
+        pass
 
 
 def _usage_logger() -> logging.Logger:
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
@@ -125,9 +149,9 @@ class _Exchange:
 class UsageMiddleware:
     """Pure ASGI middleware; see the module docstring."""
 
-    def __init__(self, app):
+    def __init__(self, app, state: UsageState | None = None):
         self.app = app
-        self.shared = _shared()
+        self.shared = state or process_state()
         _usage_logger()
 
     async def __call__(self, scope, receive, send):
@@ -177,7 +201,7 @@ class UsageMiddleware:
         started = time.monotonic()
         key = object()
         shared.meter.start(key, started)
-        shared.metrics.in_flight.labels(shared.settings.variant).inc()
+        shared.in_flight.inc()
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
         except BaseException:
@@ -196,13 +220,14 @@ class UsageMiddleware:
         cost = shared.meter.finish(key, now)
         settings, m = shared.settings, shared.metrics
         variant = settings.variant
-        m.in_flight.labels(variant).dec()
+        shared.in_flight.dec()
         busy = shared.meter.busy_seconds
         if busy > shared.busy_reported:
-            m.busy.labels(variant).inc(busy - shared.busy_reported)
+            shared.busy.inc(busy - shared.busy_reported)
             shared.busy_reported = busy
 
-        model = settings.model_label(requested_model(b"".join(ex.body)) if ex.body else None)
+        readable = ex.body and ex.body_size <= MAX_BODY_BYTES
+        model = settings.model_label(requested_model(b"".join(ex.body)) if readable else UNREADABLE)
         children = shared.children.get(model)
         if children is None:
             children = shared.children[model] = tuple(

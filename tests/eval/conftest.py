@@ -1,81 +1,77 @@
-"""Fixtures for the evaluation tests (ml tier): a LoRA adapter that really learned the toy task.
+"""Fixtures for the evaluation tests (ml tier): an adapter trained by the real trainer.
 
-``eval_adapter_dir`` trains a LoRA adapter on the tiny model with a plain torch loop over the trainer's own
-rendering (``data.render``), completion tokens only. It stands in until the trainer's trained-adapter
-fixture is merged, and is cached per machine next to the tiny model.
+``eval_adapter_dir`` runs ``llmforge-train`` (QLoRA on CPU, the quickstart recipe) on the tiny model and the
+toy task's 320 training records, and returns ``<output>/adapter``. It is cached per machine next to the tiny
+model, keyed by the tiny recipe and the training spec below, so the ~30-60 s run happens once.
+Held-out records for evaluation: ``make_records(n, offset=320)`` (validation uses offsets 352-383).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.fixtures.ml import TINY_CACHE
+from tests.fixtures.ml import TINY_CACHE, tiny_model_path
 
-ADAPTER_RECIPE = {"v": 1, "steps": 80, "lr": 3e-3, "r": 8, "batch": 16, "train": 320}
+ROOT = Path(__file__).resolve().parents[2]
+TRAINING = {"maxSteps": 30, "batchSize": 8, "gradientAccumulationSteps": 1, "learningRate": 2.0e-3,
+            "maxSeqLength": 256, "loggingSteps": 10, "evalSteps": 30, "warmupRatio": 0.0}
 
 
-def train_quick_adapter(base_dir: Path, out: Path) -> Path:
-    """LoRA on q/k/v/o/gate/up/down, completion-only loss, deterministic; ~10-30 s on one core."""
-    meta = out / "eval_adapter_meta.json"
-    key = dict(ADAPTER_RECIPE, base=str(base_dir))
-    if meta.exists() and json.loads(meta.read_text()) == key:
-        return out
-    import torch
-    from llmforge_trainer import data
-    from llmforge_trainer.tiny import make_records
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true", OMP_NUM_THREADS="1",
+               TOKENIZERS_PARALLELISM="false", HF_DATASETS_DISABLE_PROGRESS_BARS="1",
+               PYTHONPATH=os.pathsep.join(str(ROOT / d) for d in ("operator", "trainer-image", "server-image")))
+    env.setdefault("HF_HOME", str(Path(tempfile.gettempdir()) / f"llmforge-hf-{os.getuid()}"))
+    return env
 
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    tok = AutoTokenizer.from_pretrained(base_dir)
-    parsed = data.parse_document("train.jsonl", "".join(json.dumps(r) + "\n" for r in
-                                                         make_records(ADAPTER_RECIPE["train"], "alpaca")).encode())
-    rows = [data.render(ex, tok) for ex in parsed.examples]
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
-                           LoraConfig(r=ADAPTER_RECIPE["r"], lora_alpha=16, lora_dropout=0.0,
-                                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                      "up_proj", "down_proj"]))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=ADAPTER_RECIPE["lr"])
-    model.train()
-    b = ADAPTER_RECIPE["batch"]
-    for step in range(ADAPTER_RECIPE["steps"]):
-        batch = [rows[(step * b + i) % len(rows)] for i in range(b)]
-        seqs, labels = [], []
-        for r in batch:
-            p = tok(r["prompt"])["input_ids"]
-            c = tok(r["completion"], add_special_tokens=False)["input_ids"]
-            seqs.append(p + c)
-            labels.append([-100] * len(p) + c)
-        width = max(map(len, seqs))
-        ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in seqs])
-        lab = torch.tensor([s + [-100] * (width - len(s)) for s in labels])
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
-        loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    torch.set_num_threads(threads)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+
+def trained_adapter_path(base_dir: Path | None = None) -> Path:
+    """Train (once per machine) with ``llmforge-train`` and return the adapter directory."""
+    from llmforge_trainer.tiny import make_records, write_jsonl
+
+    base_dir = base_dir or tiny_model_path()
+    key = hashlib.sha256(json.dumps([str(base_dir), TRAINING, 1], sort_keys=True).encode()).hexdigest()[:12]
+    root = TINY_CACHE / f"eval-trained-{key}"
+    adapter = root / "run" / "adapter"
+    if (root / "done").exists() and (adapter / "adapter_config.json").exists():
+        return adapter
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=TINY_CACHE))
     try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "eval_adapter_meta.json").write_text(json.dumps(key))
-        shutil.rmtree(out, ignore_errors=True)
-        os.rename(tmp, out)
+        write_jsonl(tmp / "train.jsonl", make_records(320, "alpaca"))
+        write_jsonl(tmp / "validation.jsonl", make_records(32, "alpaca", offset=352))
+        job = {"apiVersion": "llmforge.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "eval-fixture"},
+               "spec": {"baseModel": {"uri": f"file://{base_dir}"},
+                        "dataset": {"train": str(tmp / "train.jsonl"), "validation": str(tmp / "validation.jsonl")},
+                        "lora": {"r": 8, "alpha": 16, "dropout": 0.0}, "training": TRAINING,
+                        "resources": {"accelerator": "cpu"}, "checkpoint": {"everySteps": 30},
+                        "output": {"uri": f"file://{root}/run/"}}}
+        # the output URI must be final (the trainer records it); train into it after clearing it
+        shutil.rmtree(root, ignore_errors=True)
+        (tmp / "job.yaml").write_text(yaml.safe_dump(job))
+        proc = subprocess.run(
+            [sys.executable, "-m", "llmforge_trainer.cli", "--spec", str(tmp / "job.yaml"), "--metrics-port", "0",
+             "--termination-log", str(tmp / "result.json"), "--work-dir", str(tmp / "work")],
+            env=_env(), capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            raise RuntimeError(f"llmforge-train failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        (root / "done").write_text((tmp / "result.json").read_text())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return adapter
 
 
 @pytest.fixture(scope="session")
 def eval_adapter_dir(tiny_model_dir) -> Path:
-    return train_quick_adapter(tiny_model_dir, TINY_CACHE / f"eval-adapter-v{ADAPTER_RECIPE['v']}")
+    """``<output>/adapter`` of a real ``llmforge-train`` run on the tiny model (cached per machine)."""
+    return trained_adapter_path(tiny_model_dir)

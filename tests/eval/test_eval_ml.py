@@ -12,6 +12,7 @@ import json
 import math
 
 import pytest
+
 from llmforge.api import contract
 from llmforge.api.evaluation import EvaluationSpec, Generation, Threshold
 from llmforge.api.gate import check_thresholds
@@ -31,6 +32,7 @@ def tok(tiny_model_dir):
 @pytest.fixture(scope="module")
 def backend(tiny_model_dir, eval_adapter_dir):
     import torch
+
     from llmforge_trainer.evaluate import HFBackend
 
     torch.set_num_threads(1)
@@ -76,6 +78,7 @@ def test_eval_prompt_is_the_training_prompt(tok, fmt, template):
 
 def test_batched_generation_and_nll_equal_unbatched(backend, tok):
     import torch
+
     from llmforge_trainer.evaluate import build_examples
     from llmforge_trainer.tiny import make_records
 
@@ -99,8 +102,9 @@ def test_batched_generation_and_nll_equal_unbatched(backend, tok):
 
 def test_identical_inputs_and_base_is_really_base(backend, tiny_model_dir, tok):
     import torch
-    from llmforge_trainer.evaluate import evaluate
     from transformers import AutoModelForCausalLM
+
+    from llmforge_trainer.evaluate import evaluate
 
     spec = EvaluationSpec.model_validate({
         "model": {"adapterUri": "/a", "baseModel": {"uri": "/b"}}, "dataset": {"uri": "/d", "maxSamples": 5},
@@ -131,6 +135,7 @@ def test_identical_inputs_and_base_is_really_base(backend, tiny_model_dir, tok):
 
 def _run_cli(tmp_path, spec: dict, *extra: str):
     import yaml
+
     from llmforge_trainer import eval_cli
 
     path = tmp_path / "eval.yaml"
@@ -144,7 +149,7 @@ def _run_cli(tmp_path, spec: dict, *extra: str):
 
 
 def test_finetuned_beats_base_and_gate(tmp_path, tiny_model_dir, eval_adapter_dir, eval_data):
-    thresholds = {"perplexity": {"max": 500.0, "maxRatioToBase": 0.5},
+    thresholds = {"perplexity": {"max": 5.0, "maxRatioToBase": 0.6},
                   "rougeL": {"min": 0.2, "minDeltaToBase": 0.1}}
     spec = {"model": {"adapterUri": str(eval_adapter_dir), "baseModel": {"uri": str(tiny_model_dir)}},
             "dataset": {"uri": f"file://{eval_data}", "maxSamples": N_SAMPLES, "seed": 3},
@@ -214,3 +219,50 @@ def test_mlflow_outage_is_tolerated(tmp_path, tiny_model_dir, eval_adapter_dir, 
     assert code == 0 and res.phase == "Succeeded"
     assert res.mlflow is None and "MLflow" in res.message and "unavailable" in res.message
     assert res.results.base is None and res.samples_evaluated == 2
+
+
+def test_operator_spec_to_pod_to_status(tmp_path, tiny_model_dir, eval_adapter_dir, eval_data, ml_env):
+    """The whole contract: the operator's resolved spec, the real `llmforge-eval` console script in a subprocess
+    (as the Job runs it), its termination message, and the operator's status from it: Passed."""
+    import shutil
+    import subprocess
+    import sys
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    import yaml
+
+    from llmforge.builders.evaluation import build_children
+    from llmforge.settings import Settings
+    from llmforge.status.evaluation import compute_status
+
+    ev = {"apiVersion": "llmforge.dev/v1alpha1", "kind": "Evaluation", "metadata": {"name": "qs", "namespace": "d"},
+          "spec": {"model": {"fineTuneJobRef": {"name": "qs"}}, "dataset": {"uri": str(eval_data), "maxSamples": 8},
+                   "metrics": ["rougeL", "perplexity"], "generation": {"maxNewTokens": 16},
+                   "thresholds": {"perplexity": {"maxRatioToBase": 0.8}, "rougeL": {"minDeltaToBase": 0.05}},
+                   "resources": {"accelerator": "cpu"}}}
+    ftj = {"apiVersion": "llmforge.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "qs"},
+           "spec": {"baseModel": {"uri": f"file://{tiny_model_dir}"}, "dataset": {"train": "/x.jsonl"},
+                    "output": {"uri": f"file://{tmp_path}/run/"}, "resources": {"accelerator": "cpu"}},
+           "status": {"phase": "Succeeded", "output": {"adapterUri": f"file://{eval_adapter_dir}"}}}
+    cm, job = build_children(ev, Settings(), ftj)
+    (tmp_path / "spec.yaml").write_text(cm["data"]["spec.yaml"])
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    exe = shutil.which(command[0], path=str(Path(sys.executable).parent))
+    assert exe, "llmforge-eval console script not installed in this venv"
+    env = dict(ml_env, LLMFORGE_TERMINATION_LOG=str(tmp_path / "term"))
+    proc = subprocess.run([exe, "--spec", str(tmp_path / "spec.yaml"), "--backend", "transformers"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    message = (tmp_path / "term").read_text()
+    pod = {"metadata": {"name": "qs-eval-x"}, "status": {"phase": "Succeeded", "containerStatuses": [
+        {"name": "eval", "state": {"terminated": {"exitCode": 0, "finishedAt": "2026-11-26T17:00:00Z",
+                                                  "message": message}}}]}}
+    done = {"metadata": {"name": "qs-eval"}, "spec": {}, "status": {"conditions": [
+        {"type": "Complete", "status": "True", "lastTransitionTime": "2026-11-26T17:00:00Z"}]}}
+    st = compute_status(ev, ftj, done, [pod], datetime.now(UTC), job_name="qs-eval")
+    assert st["phase"] == "Succeeded" and st["samplesEvaluated"] == 8
+    assert st["passed"] is True, st["failedThresholds"]
+    assert st["reportUri"] == f"file://{tmp_path}/run/eval/qs/report.jsonl"
+    assert len((tmp_path / "run" / "eval" / "qs" / "report.jsonl").read_text().splitlines()) == 8
+    assert yaml.safe_load(cm["data"]["spec.yaml"])["spec"]["model"]["adapterUri"] == f"file://{eval_adapter_dir}"

@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import yaml
 
-from llmforge.controllers.kube import Kube
 from tests.fixtures.vllm_metrics_double import ServingDouble
 
 pytestmark = pytest.mark.k8s
@@ -27,6 +26,37 @@ ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "llmforge.dev", "v1alpha1"
 API = f"{GROUP}/{VERSION}"
 ROUTE_API = "gateway.networking.k8s.io/v1"
+
+
+class Kube:
+    """Test-side reads and writes over the kubernetes dynamic client (independent of the operator's code)."""
+
+    def __init__(self, api_client):
+        import tempfile
+
+        from kubernetes.dynamic import DynamicClient
+
+        cache = os.path.join(tempfile.mkdtemp(prefix="llmforge-test-discovery-"), "cache.json")
+        self.dyn = DynamicClient(api_client, cache_file=cache)
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
+        from kubernetes.dynamic.exceptions import NotFoundError
+
+        try:
+            return self.dyn.resources.get(api_version=api_version, kind=kind).get(
+                name=name, namespace=namespace).to_dict()
+        except NotFoundError:
+            return None
+
+    def get_safe(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
+        try:
+            return self.get(api_version, kind, namespace, name)
+        except Exception:  # the kind itself is not served
+            return None
+
+    def list(self, api_version: str, kind: str, namespace: str) -> list[dict]:
+        res = self.dyn.resources.get(api_version=api_version, kind=kind)
+        return list(res.get(namespace=namespace).to_dict().get("items", []))
 
 
 # -- fixtures -------------------------------------------------------------------------------------------
@@ -53,7 +83,7 @@ def kube_api(k8s_cluster):
         wait_until(lambda n=name: any(c.type == "Established" and c.status == "True"
                                       for c in ext.read_custom_resource_definition(n).status.conditions or []),
                    30, f"CRD {name} Established")
-    return Kube(api_client, field_manager="test")
+    return Kube(api_client)
 
 
 @pytest.fixture
@@ -64,33 +94,49 @@ def double():
 
 @pytest.fixture
 def operator(k8s_cluster, k8s_namespace, double, tmp_path, kube_api):
-    """`llmforge operator -n <ns>` with a 1 s analysis interval; stopped by PID afterwards."""
+    """`llmforge operator -n <ns>` with a 1 s analysis interval; `ctx["restart"]()` restarts it; stopped by
+    PID afterwards."""
     log = tmp_path / "operator.log"
     env = {**os.environ, "KUBECONFIG": k8s_cluster.kubeconfig,
            "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("operator", "trainer-image", "server-image")),
            "LLMFORGE_ANALYSIS_INTERVAL_SECONDS": "1", "LLMFORGE_SERVING_URL_TEMPLATE": double.url_template,
            "LLMFORGE_METRICS_PORT": "0", "LLMFORGE_LIVENESS": "", "LLMFORGE_SERVING_HTTP_TIMEOUT_SECONDS": "2"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "llmforge.cli.main", "operator", "-n", k8s_namespace],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    ctx = {"proc": proc, "log": log, "ns": k8s_namespace}
-    _OPERATOR_LOG[0] = log
-    try:
-        yield ctx
-    finally:
+    ctx: dict[str, Any] = {"log": log, "ns": k8s_namespace}
+
+    def start() -> None:
+        with open(log, "a") as out:
+            ctx["proc"] = subprocess.Popen(
+                [sys.executable, "-m", "llmforge.cli.main", "operator", "-n", k8s_namespace],
+                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def stop() -> None:
+        proc = ctx["proc"]
         proc.terminate()
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+    def restart() -> None:
+        stop()
+        start()
+
+    ctx["restart"] = restart
+    _OPERATOR_LOG[0] = log
+    start()
+    try:
+        yield ctx
+    finally:
+        stop()
         _OPERATOR_LOG[0] = None
 
 
 _OPERATOR_LOG: list[Path | None] = [None]
 
 
-def wait_until(fn: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
+def wait_until(fn: Callable[[], Any], timeout: float, what: str, interval: float = 0.25,
+               detail: Callable[[], Any] | None = None) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -103,8 +149,10 @@ def wait_until(fn: Callable[[], Any], timeout: float, what: str, interval: float
                 return last
         time.sleep(interval)
     tail = ""
+    if detail is not None:
+        tail += f"\n--- detail ---\n{detail()!r}"
     if _OPERATOR_LOG[0] and _OPERATOR_LOG[0].exists():
-        tail = "\n--- operator log (tail) ---\n" + "\n".join(_OPERATOR_LOG[0].read_text().splitlines()[-40:])
+        tail += "\n--- operator log (tail) ---\n" + "\n".join(_OPERATOR_LOG[0].read_text().splitlines()[-40:])
     pytest.fail(f"timed out after {timeout}s waiting for {what}; last: {last!r}{tail}")
 
 
@@ -243,6 +291,67 @@ def test_children_status_rollout_and_hpa_owns_replicas(kube_api, operator, doubl
     hist = md_status(k, ns, "chat")["scalingHistory"]
     assert (hist[-1]["variant"], hist[-1]["from"], hist[-1]["to"]) == ("stable", 1, 2)
 
+    # An operator restart (resume + timer reconciles) does not take replicas back either.
+    before = md_status(k, ns, "chat")["cost"]["updatedAt"]
+    operator["restart"]()
+    wait_until(lambda: md_status(k, ns, "chat")["cost"]["updatedAt"] > before, 60, "reconciled after restart")
+    dep = k.get("apps/v1", "Deployment", ns, "chat-stable")
+    assert dep["spec"]["replicas"] == 2
+    assert all("f:replicas" not in f for f in managed_spec_fields(dep, "llmforge"))
+
+    # Throughput and cost per 1k tokens come from the generation-token counter's rate between ticks.
+    double.variants["stable"].generation_tokens = 1000
+
+    def rising() -> dict | None:
+        double.variants["stable"].generation_tokens += 500
+        v = next(v for v in md_status(k, ns, "chat")["variants"] if v["name"] == "stable")
+        return v if v.get("tokensPerSecond", 0) > 0 and v.get("costPer1KTokens") else None
+
+    v = wait_until(rising, 60, "tokens/s measured", interval=0.5)
+    assert v["costPer1KTokens"] > 0
+    assert st["cost"]["usd"] < md_status(k, ns, "chat")["cost"]["usd"], "cost accrues while replicas run"
+
+    # No PodMonitoring CRD in this cluster: none was applied.
+    if not _served(k, "monitoring.googleapis.com/v1", "PodMonitoring"):
+        assert k.get_safe("monitoring.googleapis.com/v1", "PodMonitoring", ns, "chat") is None
+
+
+def _served(k: Kube, api_version: str, kind: str) -> bool:
+    try:
+        k.dyn.resources.get(api_version=api_version, kind=kind)
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture
+def podmonitoring_crd(kube_api):
+    """Install the PodMonitoring test-fixture CRD (it stays for the rest of the session)."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    ext = client.ApiextensionsV1Api(kube_api.dyn.client)
+    crd = yaml.safe_load((ROOT / "tests/fixtures/test_fixture_podmonitoring_crd.yaml").read_text())
+    try:
+        ext.create_custom_resource_definition(crd)
+    except ApiException as e:
+        if e.status != 409:
+            raise
+    wait_until(lambda: any(c.type == "Established" and c.status == "True" for c in
+                           ext.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions or []),
+               30, "PodMonitoring CRD Established")
+    kube_api.dyn.resources.invalidate_cache()
+    return kube_api
+
+
+def test_podmonitoring_when_the_cluster_has_the_crd(podmonitoring_crd, operator, double):
+    k, ns = podmonitoring_crd, operator["ns"]
+    create(k, ns, model_deployment("chat", gateway=False))
+    pm = wait_until(lambda: k.get("monitoring.googleapis.com/v1", "PodMonitoring", ns, "chat"), 60, "PodMonitoring")
+    assert pm["spec"]["selector"] == {"matchLabels": {"llmforge.dev/modeldeployment": "chat"}}
+    assert pm["spec"]["endpoints"][0]["port"] == "http" and pm["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert pm["metadata"]["ownerReferences"][0]["name"] == "chat"
+
 
 def test_promotion_blocked_until_evaluation_passed_then_steps_and_promotes(kube_api, operator, double):
     k, ns = kube_api, operator["ns"]
@@ -272,7 +381,8 @@ def test_promotion_blocked_until_evaluation_passed_then_steps_and_promotes(kube_
         return w
 
     passed_evaluation(k, ns, "v2-eval", passed=True)
-    wait_until(lambda: record() == (("chat-stable", 100),), 90, "canary promoted and retired", interval=0.1)
+    wait_until(lambda: record() == (("chat-stable", 100),), 90, "canary promoted and retired", interval=0.1,
+               detail=lambda: (seen, md_status(k, ns, "chat")))
     weights = [dict(w) for w in seen]
     canary_steps = [w.get("chat-canary") for w in weights if "chat-canary" in w]
     assert canary_steps == [10, 30, 60, 100], seen
@@ -310,7 +420,7 @@ def test_breach_rolls_back_with_numbers_and_event(kube_api, operator, double):
     assert st["canaryWeight"] == 0 and st["promotionPhase"] == "RolledBack"
     assert wait_until(lambda: route_weights(k, ns, "chat") == (("chat-stable", 100), ("chat-canary", 0)), 30,
                       "route at 0%")
-    events = k.list("v1", "Event", ns, "")
+    events = k.list("v1", "Event", ns)
     rolled = [e for e in events if e.get("reason") == "RolledBack"]
     assert rolled and "20% -> 0%" in rolled[0]["message"] and rolled[0]["type"] == "Warning"
     # Final for this canary: healthy numbers later do not resume it.

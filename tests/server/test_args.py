@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from llmforge.api.modeldeployment import VllmSpec
 from llmforge_server.args import USAGE_MIDDLEWARE, lora_module, lora_rank, vllm_args
 

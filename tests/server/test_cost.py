@@ -7,6 +7,7 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from llmforge_server.cost import FairShareMeter, fair_share_costs
 
 RATE = 3600.0  # USD/h, i.e. 1 USD per second: costs read as seconds of a whole replica

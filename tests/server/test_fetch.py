@@ -6,6 +6,7 @@ import os
 import uuid
 
 import pytest
+
 from llmforge_server.fetch import MANIFEST, cache_path, fetch_gcs, parse_gs, planned_path, resolve
 
 FILES = {

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from llmforge.api.serving import OTHER_MODEL
 from llmforge_server.metering import (
+    UNREADABLE,
     Settings,
     SseTail,
     requested_model,
@@ -47,8 +49,11 @@ def test_model_label_is_bounded():
 def test_requested_model():
     assert requested_model(b'{"model": "support", "prompt": "x"}') == "support"
     assert requested_model(b'{"prompt": "the \\"model\\": \\"x\\""}') is None
-    assert requested_model(b"not json") is None
-    assert requested_model(b"[1]") is None
+    assert requested_model(b'{"prompt": "x"}') is None  # absent: vLLM's default model
+    s = Settings.from_env(ENV)
+    for unreadable in (b"not json", b"[1]", b'{"model": "base"'):
+        assert requested_model(unreadable) is UNREADABLE
+        assert s.model_label(requested_model(unreadable)) == OTHER_MODEL
 
 
 def test_usage_counts_from_dict_and_object():
@@ -84,6 +89,18 @@ def test_sse_tail_without_usage_keeps_the_last_event():
     tail.feed(_sse({"id": "c2", "choices": [{"text": "a", "finish_reason": "length"}]}, "[DONE]"))
     assert tail.last_json() == {"id": "c2", "choices": [{"text": "a", "finish_reason": "length"}]}
     assert usage_counts(tail.last_json().get("usage")) is None
+
+
+def test_sse_tail_memory_is_bounded_and_a_cut_event_is_not_misread():
+    tail = SseTail(keep_bytes=100)
+    for i in range(1000):
+        tail.feed(b'data: {"i": %d, "pad": "%s"}\n\n' % (i, b"x" * 30))
+    assert sum(map(len, tail._chunks)) < 100 + 60
+    assert tail.last_json()["i"] == 999
+    cut = SseTail(keep_bytes=8)
+    for part in (b'data: {"usage": {"prompt_tokens": 1, "comp', b'letion_tokens": 2}}', b"\n\n"):
+        cut.feed(part)
+    assert cut.last_json() is None  # the start of the event was dropped: no usage rather than a wrong one
 
 
 def test_sse_tail_crlf_and_empty():

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import yaml
+
 from llmforge.api.serving import ServeConfig
 from llmforge_server.serve import build_config, command, main, parser, serve_env
 

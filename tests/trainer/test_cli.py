@@ -44,7 +44,9 @@ def test_missing_spec_file_and_env_termination_path(tmp_path, monkeypatch):
 
 def test_load_job_accepts_multi_document_files_and_bare_specs(tmp_path):
     job = cli.load_job(str(REPO / "examples" / "00-quickstart.yaml"))
-    assert job.metadata["name"] == "quickstart" and job.spec.training.max_steps == 30
+    raw = next(d for d in yaml.safe_load_all((REPO / "examples" / "00-quickstart.yaml").read_text())
+               if d["kind"] == "FineTuneJob")
+    assert job.metadata["name"] == "quickstart" and job.spec.training.max_steps == raw["spec"]["training"]["maxSteps"]
     bare = tmp_path / "bare.json"
     bare.write_text(json.dumps({"baseModel": {"name": "x"}, "dataset": {"train": "/t"}, "output": {"uri": "/o"}}))
     assert cli.load_job(str(bare)).spec.base_model.name == "x"

@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "trainer-image" / "Dockerfile"
@@ -89,6 +90,8 @@ def test_entrypoint_dry_run_on_the_quickstart_example(tmp_path):
     plan = json.loads(out.stdout[out.stdout.index("{"):])
     assert plan["plan"]["strategy"] == "single" and plan["plan"]["argv"] is None
     cfg = plan["sft_config"]
-    assert (cfg["max_steps"], cfg["learning_rate"], cfg["optim"], cfg["packing"]) == ("30", "0.002", "adamw_torch",
-                                                                                      "True")
+    training = next(d for d in yaml.safe_load_all((REPO / "examples/00-quickstart.yaml").read_text())
+                    if d["kind"] == "FineTuneJob")["spec"]["training"]
+    assert (cfg["max_steps"], cfg["learning_rate"], cfg["optim"], cfg["packing"]) == (
+        str(training["maxSteps"]), str(training["learningRate"]), "adamw_torch", "True")
     assert cfg["gradient_checkpointing_kwargs"] == "{'use_reentrant': False}"

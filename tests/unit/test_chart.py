@@ -113,6 +113,7 @@ def test_settings_wiring_matches_the_operator(helm):
     docs = objects(helm, *FULL)
     container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value", "llmforge-system") for e in container["env"]}
+    assert env.pop("POD_ID") == "llmforge-system"  # from the downward API (kopf's peering identity)
     assert all(k.startswith("LLMFORGE_") for k in env)
     fields = {f"LLMFORGE_{name.upper()}" for name in Settings.model_fields}
     assert set(env) <= fields, set(env) - fields
@@ -128,6 +129,17 @@ def test_settings_wiring_matches_the_operator(helm):
     prices = yaml.safe_load(pricing["data"]["prices.yaml"])
     assert prices == {"date": "2026-11-26", "source": "negotiated",
                       "accelerators": {"nvidia-l4": {"onDemand": 0.8, "spot": 0.3}}}
+
+
+def test_chart_defaults_are_the_operator_defaults(helm):
+    """With default values, every setting the chart passes equals the operator's own default."""
+    container = one(objects(helm), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert len(env) >= 7
+    from_chart, default = Settings.from_env(env), Settings()
+    for var in env:
+        field = var.removeprefix("LLMFORGE_").lower()
+        assert getattr(from_chart, field) == getattr(default, field), var
 
 
 def test_the_operator_cli_accepts_the_chart_args(helm):

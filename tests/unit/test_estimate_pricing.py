@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from llmforge.api.finetunejob import FineTuneJob
 from llmforge.estimate import (
     GIB,
@@ -18,7 +19,6 @@ from llmforge.estimate import (
 )
 from llmforge.pricing import DEFAULT_PRICES, Interval, cost_usd, gpu_hours, load_prices
 from llmforge.validation import validate_object
-
 from tests.cases import ftj
 
 L8, L70, M7 = PRESETS["meta-llama/llama-3.1-8b"], PRESETS["meta-llama/llama-3.1-70b"], PRESETS[

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import yaml
+
 from llmforge.api import contract
 from llmforge_trainer import eval_cli
 

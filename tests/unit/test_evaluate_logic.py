@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from llmforge.api.evaluation import EvaluationSpec
 from llmforge_trainer import evaluate as E
 

@@ -7,11 +7,11 @@ import json
 
 import pytest
 import yaml
+
 from llmforge.builders import BUILDERS, render_children
 from llmforge.builders.common import machine_shape, pod_requests
 from llmforge.builders.finetunejob import build_job
 from llmforge.settings import Settings
-
 from tests.cases import ftj
 
 SETTINGS = Settings()

@@ -7,6 +7,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from llmforge.api.contract import PROGRESS_METRICS
 from llmforge.api.finetunejob import FineTuneJobStatus
 from llmforge.controllers.finetunejob import fetch_progress
@@ -240,3 +241,50 @@ def test_fetch_progress_from_a_metrics_server():
 def test_running_status_uses_fresh_progress():
     s = status_of(resource(), job(), [pod("p0", "Running", start=0)], now=1200, progress=parse_progress(PROM))
     assert s["progress"]["summary"] == "42% 120/285" and s["progress"]["loss"] == 1.234
+
+
+def test_pod_creation_error_is_the_pending_reason():
+    s = status_of(resource(), job(), [], create_error='serviceaccount "trainer" not found')
+    assert s["phase"] == "Pending"
+    assert cond(s, "Running")["reason"] == "FailedCreate" and "trainer" in cond(s, "Running")["message"]
+
+
+def test_finished_job_keeps_its_status_when_the_job_is_gone():
+    pods = [pod("p1", "Succeeded", start=0, end=600, exit_code=0, message=RESULT_OK)]
+    done = status_of(resource(), job(("Complete", "", "", 600), completion=600), pods, now=700)
+    later = status_of(resource(status=done), None, [], now=9000)
+    assert later["phase"] == "Succeeded" and later["cost"] == done["cost"] and later["metrics"] == done["metrics"]
+
+
+def test_mlflow_run_marked_killed_best_effort():
+    import asyncio
+    import json as _json
+    import logging
+
+    from llmforge.controllers.finetunejob import _mlflow_run_open, mark_mlflow_killed
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            seen.append((self.path, _json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    spec = {"tracking": {"mlflow": {"trackingUri": f"http://127.0.0.1:{server.server_port}"}}}
+    status = {"phase": "Running", "mlflow": {"runId": "r42"}}
+    assert _mlflow_run_open(status) and not _mlflow_run_open({"phase": "Running"})
+    assert not _mlflow_run_open({"phase": "Succeeded", "mlflow": {"runId": "r42"}})
+    log = logging.getLogger("test")
+    asyncio.run(mark_mlflow_killed(spec, status, log))
+    server.shutdown()
+    assert seen and seen[0][0] == "/api/2.0/mlflow/runs/update"
+    assert seen[0][1]["run_id"] == "r42" and seen[0][1]["status"] == "KILLED"
+    # Unreachable server: logged, not raised.
+    asyncio.run(mark_mlflow_killed({"tracking": {"mlflow": {"trackingUri": "http://127.0.0.1:9"}}}, status, log))

@@ -6,6 +6,7 @@ import math
 
 from hypothesis import given
 from hypothesis import strategies as st
+
 from llmforge.api.evaluation import EvaluationSpec, Threshold
 from llmforge.api.gate import check_thresholds, delta, ratio
 

@@ -9,9 +9,10 @@ import pytest
 import sacrebleu
 from hypothesis import given
 from hypothesis import strategies as st
+from rouge_score import rouge_scorer
+
 from llmforge.api.evaluation import CustomCheck, EvaluationSpec
 from llmforge_trainer import metrics as M
-from rouge_score import rouge_scorer
 
 PREDS = ["the cat sat", "Paris.", "  a  B c ", '{"k": 1}', "nothing here at all"]
 REFS = ["the cat sat on the mat", "paris", "A b C!!", '{"k": 1}', "something else entirely"]

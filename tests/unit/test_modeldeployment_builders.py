@@ -13,7 +13,7 @@ import yaml
 from llmforge.api.modeldeployment import ModelDeployment
 from llmforge.builders import BUILDERS, render_children
 from llmforge.builders import modeldeployment as b
-from llmforge.builders.gke import gpu_hour_rate, model_billions, serving_accelerator
+from llmforge.builders.modeldeployment import gpu_hour_rate, serving_accelerator
 from llmforge.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,8 +73,11 @@ def test_deployment_per_variant_runs_llmforge_serve_with_gpu_placement():
         assert ctr["image"] == Settings().server_image
         assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
-        assert ctr["resources"]["limits"]["nvidia.com/gpu"] == "1"
-        assert ctr["resources"]["requests"] == {"cpu": "6", "memory": "24Gi", "nvidia.com/gpu": "1"}
+        assert ctr["resources"]["limits"]["nvidia.com/gpu"] == 1
+        # sized to the g2-standard-8 that carries one L4 (75 %, the shared placement rule)
+        assert ctr["resources"]["requests"] == {"cpu": "6", "memory": "24Gi"}
+        # on-demand stays off spot nodes
+        assert pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         assert ctr["startupProbe"]["httpGet"]["path"] == "/health"
         assert ctr["startupProbe"]["periodSeconds"] * ctr["startupProbe"]["failureThreshold"] >= 1200
         assert ctr["readinessProbe"]["httpGet"]["path"] == ctr["livenessProbe"]["httpGet"]["path"] == "/health"
@@ -110,7 +113,8 @@ def test_serve_config_resolves_adapters_and_tensor_parallel():
     pod = c[("Deployment", "support-stable")]["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-a100-80gb",
                                    "cloud.google.com/gke-spot": "true"}
-    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert "affinity" not in pod
 
 
 def test_serve_config_validates_against_the_server_contract():
@@ -241,12 +245,6 @@ def test_auto_accelerator(name, count, want):
     from llmforge.api.common import Resources
 
     assert serving_accelerator(Resources(accelerator="auto", count=count), name) == want
-
-
-def test_model_billions():
-    assert model_billions("meta-llama/Llama-3.1-8B-Instruct") == 8
-    assert model_billions("Qwen/Qwen2.5-0.5B") == 0.5
-    assert model_billions("gpt2") is None
 
 
 def test_cpu_accelerator_has_no_gpu():

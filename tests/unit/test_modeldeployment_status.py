@@ -168,7 +168,7 @@ def test_variant_numbers_and_cost_per_1k_tokens():
     vs = status_of([v])["variants"][0]
     assert vs["requests"] == 200 and vs["errorRate"] == pytest.approx(0.03) and vs["p95LatencyMs"] == 1750.0
     assert vs["tokensPerSecond"] == 100.0
-    assert vs["costPer1kTokens"] == pytest.approx(0.854 / 360, rel=1e-5)  # $/h over 360k tokens/h, per 1k
+    assert vs["costPer1KTokens"] == pytest.approx(0.854 / 360, rel=1e-5)  # $/h over 360k tokens/h, per 1k
 
 
 def test_scaling_history_records_replica_changes_bounded():
@@ -216,3 +216,30 @@ def test_no_canary_conditions():
     s = status_of([ObservedVariant("stable", 100, deployment=deployment(1, 1))])
     assert cond(s, "Promoting")["reason"] == "NoCanary" and s["canaryWeight"] == 0
     assert "CanaryReady" not in {c["type"] for c in s["conditions"]}
+
+
+# -- the status the operator writes, read by the chart's Argo CD health check ------------------------------
+
+def _argo_health(status: dict) -> dict:
+    from pathlib import Path
+
+    from tests.unit.test_argocd_health import run_health
+
+    script = (Path(__file__).resolve().parents[2] / "charts/llmforge/argocd/ModelDeployment/health.lua").read_text()
+    return run_health(script, {"apiVersion": "llmforge.dev/v1alpha1", "kind": "ModelDeployment",
+                               "metadata": {"name": "m", "generation": 3}, "status": status})
+
+
+def test_argocd_reads_operator_status():
+    pytest.importorskip("lupa")
+    ready = ObservedVariant("stable", 100, expected_adapters=["a"], deployment=deployment(1, 1), pod_adapters=[["a"]])
+    assert _argo_health(status_of([ready]))["status"] == "Healthy"
+    rolling = ObservedVariant("stable", 100, deployment=deployment(2, 1, updated=1))
+    assert _argo_health(status_of([rolling]))["status"] == "Progressing"
+    canary = ObservedVariant("canary", 30, expected_adapters=["b"], deployment=deployment(1, 1), pod_adapters=[["b"]])
+    promoting = Decision(State("rev", 0, 30, NOW.timestamp()), "Advanced", "Evaluation Passed", 10)
+    h = _argo_health(status_of([ready, canary], decision=promoting))
+    assert h["status"] == "Progressing" and "30%" in h["message"]
+    rb = Decision(State("rev", 0, 0, NOW.timestamp(), "RolledBack"), "RolledBack", "error rate 0.2000 > 0.05", 30)
+    h = _argo_health(status_of([ready, canary], decision=rb))
+    assert h["status"] == "Degraded" and "0.2000" in h["message"]

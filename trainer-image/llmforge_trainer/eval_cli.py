@@ -14,7 +14,8 @@ Inputs:
   never reads the FineTuneJob. gs://, file:// and local paths work for adapter, base, dataset and output.
 * ``--output`` (else ``spec.output.uri``): a directory that receives ``report.jsonl`` (one row per sample:
   prompt, reference, both predictions, per-sample metrics) and ``results.json`` (scores, delta, errors, gate).
-* ``--backend auto|transformers|vllm``: vLLM when it imports and a GPU is visible (``auto``).
+* ``--backend auto|transformers|vllm``: vLLM when it imports and a GPU is visible (``auto``). Extra vLLM
+  engine arguments as JSON in ``$LLMFORGE_VLLM_ENGINE_ARGS``, e.g. ``{"max_model_len": 4096}``.
 
 Outputs: the files above, an MLflow run when ``spec.tracking.mlflow`` is set (an unreachable server is
 reported, not fatal), and ``contract.EvalResult`` as compact JSON at the termination-message path
@@ -135,7 +136,8 @@ def make_backend(kind: str, base_dir: str, adapter_dir: str, seed: int) -> Any:
     chosen = E.pick_backend(kind)
     try:
         if chosen == "vllm":
-            return E.VLLMBackend(base_dir, adapter_dir, max_lora_rank=_lora_rank(adapter_dir), seed=seed)
+            extra = json.loads(os.environ.get("LLMFORGE_VLLM_ENGINE_ARGS") or "{}")
+            return E.VLLMBackend(base_dir, adapter_dir, max_lora_rank=_lora_rank(adapter_dir), seed=seed, **extra)
         return E.HFBackend(base_dir, adapter_dir)
     except (OSError, ValueError) as exc:
         raise invalid_input("BadBaseModel", f"cannot load base {base_dir} with adapter {adapter_dir}: {exc}") from exc

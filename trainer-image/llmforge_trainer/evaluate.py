@@ -108,12 +108,18 @@ class HFBackend:
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(adapter_dir or base_dir)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
+        # Several GPUs (a 70B base): let accelerate spread the layers; inputs go to the first device.
+        multi = self.device == "cuda" and torch.cuda.device_count() > 1
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, **({"device_map": "auto"} if multi else {}))
         if adapter_dir:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, adapter_dir)
-        self.model = model.to(self.device).eval()
+        if multi:
+            self.device = str(next(model.parameters()).device)
+            self.model = model.eval()
+        else:
+            self.model = model.to(self.device).eval()
         self.has_adapter = adapter_dir is not None
         #: (use_adapter, kind, tuple of token-id tuples) per model call; tests read it to prove identical inputs.
         self.calls: list[tuple[bool, str, tuple[tuple[int, ...], ...]]] = []
@@ -190,7 +196,13 @@ class HFBackend:
 
 
 class VLLMBackend:
-    """vLLM offline engine with LoRA: one engine; tuned = ``LoRARequest``, base = no request (separate calls)."""
+    """vLLM offline engine with LoRA: one engine; tuned = ``LoRARequest``, base = no request (separate calls).
+
+    Perplexity is computed by transformers after the engine is shut down (``nll`` builds an
+    :class:`HFBackend` on first use): vLLM 0.32's ``prompt_logprobs`` together with a LoRA request crashes
+    on the CPU build (``bgmv_shrink`` shape mismatch in the LoRA logits processor), and the GPU path of
+    that combination could not be verified here. ``evaluate`` therefore runs all generation first.
+    """
 
     name = "vllm"
 
@@ -200,48 +212,59 @@ class VLLMBackend:
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
+        self.base_dir, self.adapter_dir = base_dir, adapter_dir
         self.tokenizer = AutoTokenizer.from_pretrained(adapter_dir or base_dir)
-        self.llm = LLM(model=base_dir, tokenizer=adapter_dir or base_dir, enable_lora=adapter_dir is not None,
-                       max_lora_rank=max_lora_rank, max_loras=1, seed=seed, **engine_kwargs)
+        self.llm: Any = LLM(model=base_dir, enable_lora=adapter_dir is not None, max_lora_rank=max_lora_rank,
+                            max_loras=1, seed=seed, **engine_kwargs)
         self.lora = LoRARequest("tuned", 1, adapter_dir) if adapter_dir else None
+        self._hf: HFBackend | None = None
         self.record_calls = False
         self.calls: list = []
 
     def encode(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
         return encode(self.tokenizer, texts, add_special_tokens)
 
-    def _req(self, use_adapter: bool):
-        if use_adapter and self.lora is None:
-            raise RuntimeError("no adapter loaded")
-        return self.lora if use_adapter else None
-
     def generate(self, prompt_ids, gen: Generation, use_adapter: bool, seed: int = 0) -> list[str]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        if self.llm is None:
+            raise RuntimeError("the vLLM engine was shut down (generation must come before perplexity)")
+        if use_adapter and self.lora is None:
+            raise RuntimeError("no adapter loaded")
+        if self.record_calls:
+            self.calls.append((use_adapter, "generate", tuple(tuple(r) for r in prompt_ids)))
         params = SamplingParams(temperature=gen.temperature, max_tokens=gen.max_new_tokens,
                                 stop=list(gen.stop) or None, seed=seed, skip_special_tokens=True)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(r)) for r in prompt_ids], params,
-                                 lora_request=self._req(use_adapter), use_tqdm=False)
+                                 lora_request=self.lora if use_adapter else None, use_tqdm=False)
         return [truncate_at_stop(o.outputs[0].text, gen.stop) for o in outs]
 
-    def nll(self, prompt_ids, completion_ids, use_adapter: bool) -> tuple[list[float], list[int]]:
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
+    def close(self) -> None:
+        """Shut the engine down and free its memory."""
+        if self.llm is None:
+            return
+        import gc
 
-        rows = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=r) for r in rows], params,
-                                 lora_request=self._req(use_adapter), use_tqdm=False)
-        sums, counts = [], []
-        for row, c, o in zip(rows, completion_ids, outs, strict=True):
-            plp = o.prompt_logprobs
-            total = 0.0
-            for pos in range(len(row) - len(c), len(row)):
-                total -= plp[pos][row[pos]].logprob
-            sums.append(total)
-            counts.append(len(c))
-        return sums, counts
+        engine = getattr(self.llm, "llm_engine", None)
+        core = getattr(engine, "engine_core", None)
+        with contextlib.suppress(Exception):
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+        self.llm = None
+        gc.collect()
+        with contextlib.suppress(Exception):
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def nll(self, prompt_ids, completion_ids, use_adapter: bool) -> tuple[list[float], list[int]]:
+        if self._hf is None:
+            self.close()
+            self._hf = HFBackend(self.base_dir, self.adapter_dir, tokenizer=self.tokenizer)
+        self._hf.record_calls, self._hf.calls = self.record_calls, self.calls
+        return self._hf.nll(prompt_ids, completion_ids, use_adapter)
 
 
 def pick_backend(kind: str = "auto") -> str:
@@ -326,17 +349,21 @@ def evaluate(spec: EvaluationSpec, backend: Any, conversations: Sequence[list[Me
     want_ppl = "perplexity" in spec.metrics
     models = [("finetuned", True)] + ([("base", False)] if spec.compare_to_base else [])
     timings: dict[str, float] = {"prepare_s": time.monotonic() - t0}
-    per_model: dict[str, tuple[list[str], M.Scores]] = {}
+    # All generation first, then all teacher forcing (the vLLM backend frees its engine before scoring).
+    preds: dict[str, list[str]] = {}
     for label, use_adapter in models:
         t = time.monotonic()
-        preds = predict(backend, prompt_ids, gen, use_adapter, spec.dataset.seed)
+        preds[label] = predict(backend, prompt_ids, gen, use_adapter, spec.dataset.seed)
         timings[f"{label}_generate_s"] = time.monotonic() - t
-        sums = counts = None
+    nlls: dict[str, tuple[list[float], list[int]] | tuple[None, None]] = {}
+    for label, use_adapter in models:
+        nlls[label] = (None, None)
         if want_ppl:
             t = time.monotonic()
-            sums, counts = teacher_forced(backend, prompt_ids, completion_ids, gen.batch_size, use_adapter)
+            nlls[label] = teacher_forced(backend, prompt_ids, completion_ids, gen.batch_size, use_adapter)
             timings[f"{label}_perplexity_s"] = time.monotonic() - t
-        per_model[label] = (preds, M.score(spec.metrics, spec.checks, preds, references, sums, counts))
+    per_model = {label: (preds[label], M.score(spec.metrics, spec.checks, preds[label], references, *nlls[label]))
+                 for label, _ in models}
 
     ft_preds, ft = per_model["finetuned"]
     base_preds, base = per_model.get("base", (None, None))

@@ -55,45 +55,56 @@ app.kubernetes.io/component: operator
 {{- end }}
 
 {{/*
-What the operator does in a namespace it watches: reconcile the three kinds (kopf patches the object for its
-finalizer and the status subresource), post Events, create-or-patch children with server-side apply (a
-PATCH, plus create for the first apply), read Pods. Secrets are only referenced by name, never read.
+What the operator does in a namespace it watches, and nothing more (tests/k8s/test_chart_rbac.py compares
+this with the kube-apiserver audit log of a real reconcile):
+- kopf watches the three kinds and patches them (finalizers, annotations) and their status subresource;
+  the FineTuneJob controller re-reads FineTuneJobs, the ModelDeployment controller reads the FineTuneJobs
+  and Evaluations it serves and gates on;
+- Events: posted for handler outcomes; listed (field-selected) to surface a Job's FailedCreate reason;
+- Pods are listed and watched (label-filtered), never read one by one; their metrics are read over HTTP;
+- children are written with server-side apply (PATCH, plus create for the first apply): Jobs are suspended by
+  a merge patch and never deleted (ownerReferences GC), serving children are pruned (deleted) when a canary
+  or the autoscaler goes away;
+- Secrets are only referenced by name in pod specs, never read.
 */}}
 {{- define "llmforge.workRules" -}}
 - apiGroups: [llmforge.dev]
-  resources: [finetunejobs, evaluations, modeldeployments]
+  resources: [finetunejobs, evaluations]
   verbs: [get, list, watch, patch]
 - apiGroups: [llmforge.dev]
+  resources: [modeldeployments]
+  verbs: [list, watch, patch]
+- apiGroups: [llmforge.dev]
   resources: [finetunejobs/status, evaluations/status, modeldeployments/status]
-  verbs: [get, patch]
+  verbs: [patch]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch]
 - apiGroups: [""]
-  resources: [configmaps]
-  verbs: [get, list, watch, create, patch]
-- apiGroups: [""]
-  resources: [services]
-  verbs: [get, list, watch, create, patch, delete]
+  resources: [configmaps, services]
+  verbs: [get, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, create, patch, delete]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, create, patch, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, create, patch, delete]
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, create, patch, delete]
 - apiGroups: [monitoring.googleapis.com]
   resources: [podmonitorings]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, create, patch, delete]
+- apiGroups: [monitoring.coreos.com]
+  resources: [servicemonitors]
+  verbs: [get, create, patch, delete]
 {{- end }}

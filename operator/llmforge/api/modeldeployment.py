@@ -27,6 +27,10 @@ class AdapterSource(ApiModel):
 class ServedModel(ApiModel):
     """A base model and the adapters served on top of it, unmerged."""
 
+    def served_name(self, resource_name: str) -> str:
+        """What clients send as `model` for the base: the hub id when known, else `<resource>-base`."""
+        return self.base_model.name or f"{resource_name}-base"
+
     base_model: BaseModelSource
     """Base weights."""
     adapters: list[AdapterSource] = Field(default_factory=list, max_length=16)

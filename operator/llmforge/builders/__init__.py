@@ -21,10 +21,11 @@ def render_children(resource: dict[str, Any], settings: Settings) -> list[dict[s
 
 
 def _register() -> None:
-    from . import modeldeployment
+    from . import evaluation, modeldeployment
     from .finetunejob import build_children as finetunejob_children
 
     BUILDERS["FineTuneJob"] = finetunejob_children
+    BUILDERS["Evaluation"] = evaluation.render
     BUILDERS["ModelDeployment"] = modeldeployment.render
 
 

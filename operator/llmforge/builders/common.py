@@ -10,6 +10,7 @@ from typing import Any
 ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 SPOT_LABEL = "cloud.google.com/gke-spot"
 GPU_RESOURCE = "nvidia.com/gpu"
+RUNTIME_LABEL = "llmforge.dev/runtime"
 MANAGED_BY = "llmforge"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 RUN_AS_USER = 1000
@@ -54,8 +55,12 @@ def pod_requests(accelerator: str, count: int, cpu: str | None = None, memory: s
     return {"cpu": cpu or default_cpu, "memory": memory or default_mem}
 
 
-def placement(accelerator: str, count: int, spot: bool) -> dict[str, Any]:
-    """nodeSelector and tolerations for a pod (empty for cpu, except spot)."""
+def placement(accelerator: str, count: int, spot: bool, runtime: str = "kubernetes") -> dict[str, Any]:
+    """nodeSelector and tolerations for a pod (empty for cpu, except spot). The `local` runtime pins pods to
+    the node whose kubelet runs them as local processes (llmforge.devcluster.kubelet) instead."""
+    if runtime == "local":
+        return {"nodeSelector": {RUNTIME_LABEL: "local"},
+                "tolerations": [{"key": RUNTIME_LABEL, "operator": "Equal", "value": "local", "effect": "NoSchedule"}]}
     selector: dict[str, str] = {}
     tolerations: list[dict[str, Any]] = []
     if accelerator != "cpu":

@@ -117,7 +117,7 @@ def build_job(resource: dict[str, Any], settings: Settings, suspend: bool | None
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_LIMIT}},
             {"name": "tmp", "emptyDir": {}},
         ],
-        **common.placement(accelerator, count, res.spot),
+        **common.placement(accelerator, count, res.spot, settings.runtime),
     }
     if spec.service_account_name:
         pod_spec["serviceAccountName"] = spec.service_account_name

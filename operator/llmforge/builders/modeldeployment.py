@@ -21,11 +21,14 @@ from typing import Any, Literal
 import yaml
 
 from .. import API_VERSION
+from ..api.common import Resources
 from ..api.modeldeployment import ModelDeployment, ServedModel
+from ..api.serving import SERVE_PORT
+from ..estimate import serving_accelerator
+from ..pricing import DEFAULT_PRICES, PriceTable
 from ..settings import Settings
-from .gke import container_resources, gpu_count, gpu_hour_rate, node_placement, serving_accelerator
+from .common import container_security_context, placement, pod_security_context, resources
 
-SERVE_PORT = 8000  # llmforge.api.serving.SERVE_PORT on the server branch
 CONFIG_DIR = "/etc/llmforge"
 CONFIG_FILE = "serve.yaml"
 CACHE_DIR = "/var/cache/llmforge"
@@ -35,7 +38,21 @@ LABEL_MD = "llmforge.dev/modeldeployment"
 LABEL_VARIANT = "llmforge.dev/variant"
 ANNOTATION_CONFIG_HASH = "llmforge.dev/serve-config-hash"
 GATEWAY_GROUP = "gateway.networking.k8s.io"
+ROUTE_API_VERSION = f"{GATEWAY_GROUP}/v1"
 Monitoring = Literal["podmonitoring", "servicemonitor"] | None
+
+
+def gpu_count(accelerator: str, res: Resources) -> int:
+    """GPUs per replica (0 on cpu)."""
+    return 0 if accelerator == "cpu" else res.count
+
+
+def gpu_hour_rate(accelerator: str, spot: bool, prices: PriceTable = DEFAULT_PRICES) -> tuple[float, str]:
+    """(USD per GPU-hour, or per pod-hour on cpu; pricing source). Unknown accelerator: 0 and why."""
+    try:
+        return prices.rate(accelerator, spot), prices.label
+    except KeyError as e:
+        return 0.0, str(e)
 
 
 @dataclass(frozen=True)
@@ -166,8 +183,8 @@ def variant_plans(md: ModelDeployment, inputs: ServingInputs) -> list[VariantPla
 
 
 def served_model_name(md: ModelDeployment) -> str:
-    """What clients send as `model` for the base: the hub id when known, else the resource name."""
-    return md.spec.model.base_model.name or md.metadata["name"]
+    """What clients send as `model` for the base (one rule, shared with validation)."""
+    return md.spec.model.served_name(md.metadata["name"])
 
 
 # -- per-variant children ---------------------------------------------------------------------------------
@@ -219,20 +236,19 @@ def build_deployment(md: ModelDeployment, plan: VariantPlan, config: dict[str, A
         "command": ["llmforge-serve", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
         "ports": [{"name": "http", "containerPort": SERVE_PORT, "protocol": "TCP"}],
         "env": env,
-        "resources": container_resources(spec.resources, accelerator),
+        "resources": resources(accelerator, spec.resources.count, spec.resources.cpu, spec.resources.memory),
         # Weights download and load can take many minutes: up to 30 min before liveness starts.
         "startupProbe": {**probe(), "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 180},
         "readinessProbe": {**probe(), "periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {**probe(), "periodSeconds": 15, "timeoutSeconds": 10, "failureThreshold": 4},
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000,
-                            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": container_security_context(),
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
                          {"name": "cache", "mountPath": CACHE_DIR},
                          {"name": "dshm", "mountPath": "/dev/shm"}],
     }
     pod_spec: dict[str, Any] = {
         "containers": [container],
-        "securityContext": {"runAsNonRoot": True, "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": pod_security_context(),
         "terminationGracePeriodSeconds": 60,
         "volumes": [
             {"name": "config", "configMap": {"name": config_map_name(name, plan.name)}},
@@ -240,7 +256,7 @@ def build_deployment(md: ModelDeployment, plan: VariantPlan, config: dict[str, A
             # vLLM's tensor-parallel workers talk through shared memory.
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
         ],
-        **node_placement(accelerator, spec.resources.spot),
+        **placement(accelerator, spec.resources.count, spec.resources.spot, settings.runtime),
     }
     if spec.service_account_name:
         pod_spec["serviceAccountName"] = spec.service_account_name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import crds, dev, operator_cmd, render, validate
+from . import crds, dev, docs, operator_cmd, render, validate
 from .errors import friendly
 
 
@@ -13,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmforge", description="llmforge: fine-tune, evaluate and serve LLMs "
                                      "on Kubernetes")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (validate, render, crds, operator_cmd, dev):
+    for module in (validate, render, crds, docs, operator_cmd, dev):
         module.add_parser(sub)
     return parser
 

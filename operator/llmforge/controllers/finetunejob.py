@@ -1,7 +1,7 @@
 """FineTuneJob reconciler: apply the ConfigMap and Job, then write the status observed from them.
 
-Three entry points share one `sync`: the create/update/resume handler (after admission), a timer that
-reads progress and accrues cost, and watches on the Jobs and Pods we own (label-filtered) so status
+Three entry points share one `sync`: the create/update/resume handler (after admission), a loop that
+reads progress and accrues cost for unfinished jobs, and watches on the Jobs and Pods we own (label-filtered) so status
 follows the children without waiting for the timer. `sync` is level-based: it reads the Job and Pods
 and recomputes the whole status each time; nothing depends on which event fired.
 """
@@ -40,6 +40,10 @@ PROGRESS_TIMEOUT_SECONDS = 1.5
 PRICES_TTL_SECONDS = 60.0
 
 _locks: dict[tuple[str, str], asyncio.Lock] = {}
+_active: set[tuple[str, str]] = set()
+_queued: set[tuple[str, str]] = set()
+#: Threads for blocking API calls (asyncio's default is cores + 4, too few for many jobs' I/O).
+API_THREADS = 32
 _prices: tuple[float, PriceTable] | None = None
 
 
@@ -109,6 +113,9 @@ def sync(resource: dict[str, Any], settings: Settings, *, apply_children: bool, 
     if job is not None:
         uid = job["metadata"].get("uid")
         pods = [p for p in pods if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])]
+    create_error = None
+    if job is not None and not pods:
+        create_error = _pod_create_error(ns, job)
     progress = None
     if read_progress:
         running = [p for p in pods if p.get("status", {}).get("phase") == "Running" and p["status"].get("podIP")]
@@ -116,10 +123,21 @@ def sync(resource: dict[str, Any], settings: Settings, *, apply_children: bool, 
             ip = running[0]["status"]["podIP"]
             progress = fetch_progress(f"http://{ip}:{settings.trainer_metrics_port}/metrics")
     status = compute_status(resource, job, pods, placement, prices(settings, logger), datetime.now(UTC),
-                            progress=progress, estimate=fit.status(), job_name=jname)
+                            progress=progress, estimate=fit.status(), job_name=jname, create_error=create_error)
     if budget_stopped(status) and job is not None and not job.get("spec", {}).get("suspend") and not _finished(job):
         kube.merge_patch("batch/v1", "Job", ns, jname, {"spec": {"suspend": True}})
     return status
+
+
+def _pod_create_error(namespace: str, job: dict[str, Any]) -> str | None:
+    """The Job controller's latest FailedCreate event (missing ServiceAccount, quota, admission)."""
+    uid = job["metadata"].get("uid")
+    events = kube.request("GET", kube.path("v1", "Event", namespace), query={
+        "fieldSelector": f"involvedObject.uid={uid},reason=FailedCreate"}).get("items", [])
+    if not events:
+        return None
+    latest = max(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    return latest.get("message")
 
 
 def _finished(job: dict[str, Any]) -> bool:
@@ -137,7 +155,8 @@ def _with_removals(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 def _announce(body: Any, old_phase: str | None, status: dict[str, Any]) -> None:
-    """One event per phase change: Warning for Failed, Normal otherwise."""
+    """One event per phase change: Warning for Failed, Normal otherwise (kopf.event: not subject to the
+    posting level, which keeps kopf's own INFO logs out of events)."""
     phase = status.get("phase")
     if phase == old_phase:
         return
@@ -145,10 +164,11 @@ def _announce(body: Any, old_phase: str | None, status: dict[str, Any]) -> None:
         failure = status.get("failure") or {}
         kopf.warn(body, reason=failure.get("reason") or "Failed", message=(failure.get("message") or "")[:1024])
     elif phase == "Pending":
-        kopf.info(body, reason="Pending", message=pending_message(status)[:1024])
+        kopf.event(body, type="Normal", reason="Pending", message=pending_message(status)[:1024])
     else:
         cost = (status.get("cost") or {}).get("usd")
-        kopf.info(body, reason=str(phase), message=f"{old_phase or 'New'} -> {phase}; cost so far ${cost or 0:.2f}")
+        kopf.event(body, type="Normal", reason=str(phase),
+                   message=f"{old_phase or 'New'} -> {phase}; cost so far ${cost or 0:.2f}")
     if old_phase:
         PHASES.labels(KIND, old_phase).dec()
     PHASES.labels(KIND, str(phase)).inc()
@@ -186,38 +206,23 @@ async def reconcile(model: Any, body: kopf.Body, patch: kopf.Patch, logger: Any,
         except ApiException as exc:
             raise kopf.TemporaryError(f"API error {exc.status}: {exc.reason}", delay=5) from exc
     patch.status.update(_with_removals(old, status))
+    _track(meta["namespace"], meta["name"], status)
     _announce(body, old.get("phase"), status)
 
 
-async def status_tick(body: kopf.Body, patch: kopf.Patch, logger: Any, **_: Any) -> None:
-    """Timer: progress and cost while the job is not finished."""
-    resource = _plain(body)
-    meta = resource["metadata"]
-    async with _lock(meta["namespace"], meta["name"]):
-        try:
-            status = await asyncio.to_thread(sync, resource, _settings(), apply_children=False, read_progress=True,
-                                             logger=logger)
-        except (ApiException, ValueError) as exc:
-            logger.warning(f"status not refreshed: {exc}")
-            return
-    patch.status.update(_with_removals(resource["status"], status))
-    _announce(body, resource["status"].get("phase"), status)
-
-
-async def child_changed(namespace: str, labels: dict[str, str], logger: Any, **_: Any) -> None:
-    """A Job or Pod of ours changed: recompute its FineTuneJob's status now."""
-    name = labels.get(FTJ_LABEL)
-    if not name or not namespace:
-        return
+async def refresh(namespace: str, name: str, logger: Any, read_progress: bool = False) -> None:
+    """Recompute one FineTuneJob's status from the API's current view and write it to /status."""
     async with _lock(namespace, name):
+        _queued.discard((namespace, name))
         try:
             current = await asyncio.to_thread(kube.get, API_VERSION, KIND, namespace, name)
             if current is None or current.get("metadata", {}).get("deletionTimestamp"):
+                _active.discard((namespace, name))
                 return
             if _validated(current) is not True:
                 return
-            status = await asyncio.to_thread(sync, current, _settings(), apply_children=False, read_progress=False,
-                                             logger=logger)
+            status = await asyncio.to_thread(sync, current, _settings(), apply_children=False,
+                                             read_progress=read_progress, logger=logger)
             await asyncio.to_thread(kube.patch_status, API_VERSION, KIND, namespace, name,
                                     _with_removals(current.get("status") or {}, status))
         except ApiException as exc:
@@ -226,7 +231,50 @@ async def child_changed(namespace: str, labels: dict[str, str], logger: Any, **_
             raise kopf.TemporaryError(f"API error {exc.status}", delay=2) from exc
         except ValueError:
             return
+    _track(namespace, name, status)
     _announce(current, (current.get("status") or {}).get("phase"), status)
+
+
+async def child_changed(namespace: str, labels: dict[str, str], logger: Any, **_: Any) -> None:
+    """A Job or Pod of ours changed: recompute its FineTuneJob's status now.
+
+    Bursts coalesce: while a refresh for the same job waits for the lock, later events add nothing (that
+    refresh has not read anything yet, so it will see them); once it has started, a new event queues one more.
+    """
+    name = labels.get(FTJ_LABEL)
+    if not name or not namespace or (namespace, name) in _queued:
+        return
+    _queued.add((namespace, name))
+    await refresh(namespace, name, logger)
+
+
+def _track(namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Running jobs get progress and cost refreshed by the status loop. Nothing else changes without an
+    event of its Job or Pods (a pending or suspended job accrues nothing), so only those are polled."""
+    if status.get("phase") == "Running":
+        _active.add((namespace, name))
+    else:
+        _active.discard((namespace, name))
+
+
+async def status_loop(interval: float, logger: Any) -> None:
+    """Every interval: progress and accrued cost of every running job this operator has seen.
+
+    One operator-wide loop rather than a kopf timer per object: kopf guards per-object timers with a
+    finalizer, which would block deletion whenever the operator is down.
+    """
+    sem = asyncio.Semaphore(16)
+
+    async def one(key: tuple[str, str]) -> None:
+        async with sem:
+            try:
+                await instrumented(KIND, "status")(refresh)(key[0], key[1], logger, read_progress=True)
+            except Exception as exc:  # noqa: BLE001 (a bad object must not stop the loop)
+                logger.warning(f"status refresh of {key[0]}/{key[1]} failed: {exc}")
+
+    while True:
+        await asyncio.sleep(interval)
+        await asyncio.gather(*(one(k) for k in list(_active)))
 
 
 def _validated(resource: dict[str, Any]) -> bool | None:
@@ -259,15 +307,26 @@ async def mark_mlflow_killed(spec: Any, status: Any, logger: Any, **_: Any) -> N
 
 
 def register(settings: Settings) -> None:
-    """Register the reconciler, the timer, child watches and the MLflow finalizer."""
+    """Register the reconciler, the status loop, child watches and the MLflow finalizer."""
     from .handlers import RECONCILERS
 
     RECONCILERS[KIND] = reconcile
     owned = {MANAGED_BY_LABEL: MANAGED_BY, FTJ_LABEL: kopf.PRESENT}
     interval = min(settings.progress_interval_seconds, settings.cost_interval_seconds)
-    kopf.timer(GROUP, VERSION, PLURAL, id="finetunejobs-status", interval=interval, initial_delay=interval,
-               sharp=False, when=lambda status, **_: (status or {}).get("phase") not in TERMINAL + (None,)
-               )(instrumented(KIND, "status")(status_tick))
+    tasks: list[asyncio.Task] = []
+
+    @kopf.on.startup(id="finetunejobs-status-loop")
+    async def _start_loop(logger: Any, **_: Any) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(API_THREADS, "llmforge-api"))
+        tasks.append(asyncio.create_task(status_loop(interval, logger)))
+
+    @kopf.on.cleanup(id="finetunejobs-status-loop-stop")
+    async def _stop_loop(**_: Any) -> None:
+        for task in tasks:
+            task.cancel()
+
     kopf.on.event("batch", "v1", "jobs", id="finetunejob-jobs", labels=owned)(
         instrumented(KIND, "child")(child_changed))
     kopf.on.event("v1", "pods", id="finetunejob-pods", labels=owned)(

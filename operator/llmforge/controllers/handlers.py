@@ -20,10 +20,11 @@ def register() -> None:
     """Register create/update/resume handlers for every kind (idempotent per kopf registry)."""
     for kind, plural in KINDS.items():
         _register_kind(kind, plural)
-    from . import finetunejob, modeldeployment
+    from . import evaluation, finetunejob, modeldeployment
     from .run import SETTINGS
 
     finetunejob.register(SETTINGS)
+    evaluation.register(SETTINGS)
     modeldeployment.register(SETTINGS)
 
 

@@ -25,16 +25,63 @@ from typing import Any
 import kopf
 
 from .. import API_VERSION, GROUP, VERSION
+from .. import kube as kubeapi
 from ..api.modeldeployment import ModelDeployment
 from ..builders import modeldeployment as b
-from ..builders.gke import gpu_count, gpu_hour_rate, serving_accelerator
 from ..promotion import Decision, Gate, Policy, Sample, State, decide, parse_interval, revision
 from ..settings import Settings
 from ..status.conditions import get_condition
 from ..status.modeldeployment import CostInputs, ObservedVariant, compute_status, parse_iso, rolled_out
 from ..status.servingmetrics import PodMetrics, aggregate, loaded_adapters, parse_metrics
 from . import run
-from .kube import Kube, kube
+from .finetunejob import prices
+
+
+class Kube:
+    """The calls the reconciler makes, over the shared `llmforge.kube` helpers (one object so tests and the
+    timer pass the same thing around)."""
+
+    def __init__(self, field_manager: str = "llmforge", kind_ttl: float = 300.0):
+        self.field_manager = field_manager
+        self.kind_ttl = kind_ttl
+        self._kinds: dict[tuple[str, str], tuple[bool, float]] = {}
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return kubeapi.apply(obj, self.field_manager)
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return kubeapi.get(api_version, kind, namespace, name)
+
+    def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        return kubeapi.list_(api_version, kind, namespace, label_selector)
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        kubeapi.delete(api_version, kind, namespace, name)
+
+    def has_kind(self, api_version: str, kind: str) -> bool:
+        """Whether the API server serves this kind (its CRD is installed), from discovery; cached."""
+        hit = self._kinds.get((api_version, kind))
+        if hit and time.monotonic() - hit[1] < self.kind_ttl:
+            return hit[0]
+        try:
+            found = any(r.get("kind") == kind for r in kubeapi.request("GET", f"/apis/{api_version}")
+                        .get("resources", []))
+        except kubeapi.ApiException as e:
+            if e.status != 404:
+                raise
+            found = False
+        self._kinds[(api_version, kind)] = (found, time.monotonic())
+        return found
+
+
+_KUBE: Kube | None = None
+
+
+def kube(field_manager: str) -> Kube:
+    global _KUBE
+    if _KUBE is None:
+        _KUBE = Kube(field_manager)
+    return _KUBE
 
 
 @dataclass
@@ -138,6 +185,9 @@ def monitoring_kind(k: Kube) -> b.Monitoring:
 
 def _tokens_per_second(uid: str, variant: str, tokens: float, pods: int) -> float | None:
     now = time.monotonic()
+    if len(_TOKENS) > 4096:  # deleted resources leave entries behind: drop the ones not seen for an hour
+        for key in [k for k, (t, _) in _TOKENS.items() if now - t > 3600]:
+            del _TOKENS[key]
     prev = _TOKENS.get((uid, variant))
     _TOKENS[(uid, variant)] = (now, tokens)
     if pods == 0 or prev is None or now <= prev[0] or tokens < prev[1]:
@@ -147,7 +197,8 @@ def _tokens_per_second(uid: str, variant: str, tokens: float, pods: int) -> floa
 
 # -- the reconcile --------------------------------------------------------------------------------------
 
-def reconcile_sync(body: dict[str, Any], settings: Settings, k: Kube, now: datetime | None = None) -> Outcome:
+def reconcile_sync(body: dict[str, Any], settings: Settings, k: Kube, now: datetime | None = None,
+                   logger: Any = None) -> Outcome:
     now = now or datetime.now(UTC)
     meta = body["metadata"]
     name, namespace, uid = meta["name"], meta.get("namespace", "default"), meta.get("uid", "")
@@ -156,9 +207,9 @@ def reconcile_sync(body: dict[str, Any], settings: Settings, k: Kube, now: datet
     events: list[tuple[str, str, str]] = []
 
     uris = adapter_uris(k, md, namespace)
-    accelerator = serving_accelerator(md.spec.resources, md.spec.model.base_model.name)
-    rate, source = gpu_hour_rate(accelerator, md.spec.resources.spot)
-    gpus = max(gpu_count(accelerator, md.spec.resources), 1)
+    accelerator = b.serving_accelerator(md.spec.resources, md.spec.model.base_model.name)
+    rate, source = b.gpu_hour_rate(accelerator, md.spec.resources.spot, prices(settings, logger))
+    gpus = max(b.gpu_count(accelerator, md.spec.resources), 1)
 
     observed: dict[str, tuple[list[PodMetrics], list[list[str]]]] = {
         v: observe_pods(k, settings, namespace, name, v) for v in (b.STABLE, b.CANARY)}
@@ -170,9 +221,14 @@ def reconcile_sync(body: dict[str, Any], settings: Settings, k: Kube, now: datet
         policy = Policy(tuple(promo.steps), parse_interval(promo.interval), promo.analysis.max_error_rate,
                         promo.analysis.max_p95_latency_ms, promo.analysis.min_requests)
         cm = aggregate(observed[b.CANARY][0])
+        gate = evaluation_gate(k, namespace, promo.evaluation_ref.name)
+        _, missing = b.resolve_model(canary.model, uris)
+        if gate.passed and (missing or not observed[b.CANARY][1]):
+            # Never send more traffic to a canary that is not serving (no ready pod answered /v1/models).
+            gate = Gate(False, f"canary not serving: FineTuneJob {', '.join(missing)} has no adapter yet"
+                        if missing else "canary not serving yet: no ready pod answers")
         decision = decide(previous_state(status), rev=revision(canary.model_dump(by_alias=True, mode="json")),
-                          initial_weight=canary.weight, policy=policy,
-                          gate=evaluation_gate(k, namespace, promo.evaluation_ref.name),
+                          initial_weight=canary.weight, policy=policy, gate=gate,
                           sample=Sample(cm.requests, cm.errors, cm.p95_ms), now=now.timestamp())
         if decision.transition:
             kind = "Warning" if decision.action == "RolledBack" else "Normal"
@@ -185,13 +241,19 @@ def reconcile_sync(body: dict[str, Any], settings: Settings, k: Kube, now: datet
                              canary_weight=None if decision is None else decision.state.weight)
     if promoted:
         # Retire the canary once the stable Deployment runs the promoted model everywhere.
-        wanted = {c["metadata"]["name"]: c for c in b.build_children(md, settings, inputs)}
-        stable_want = wanted.get(b.child_name(name, b.STABLE))
+        wanted = {(c["kind"], c["metadata"]["name"]): c for c in b.build_children(md, settings, inputs)}
+        stable_want = wanted.get(("Deployment", b.child_name(name, b.STABLE)))
         stable_now = k.get("apps/v1", "Deployment", namespace, b.child_name(name, b.STABLE))
         if stable_want and stable_now and rolled_out(stable_now) and _hash(stable_now) == _hash(stable_want):
             inputs = b.ServingInputs(**{**inputs.__dict__, "canary_retired": True})
     plans = b.variant_plans(md, inputs)
     children = b.build_children(md, settings, inputs)
+    if md.spec.routing.gateway and not k.has_kind(b.ROUTE_API_VERSION, "HTTPRoute"):
+        # A missing Gateway API must not stop serving: skip the route, say so.
+        children = [c for c in children if c["kind"] != "HTTPRoute"]
+        events.append(("Warning", "GatewayAPIMissing", "routing.gateway is set but the cluster serves no "
+                       f"{b.ROUTE_API_VERSION} HTTPRoute: install the Gateway API CRDs; serving through the "
+                       f"shared Service {name} meanwhile"))
     for child in children:
         k.apply(child)
     built = {(c["apiVersion"], c["kind"], c["metadata"]["name"]) for c in children}
@@ -234,7 +296,9 @@ async def _run(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
     settings = run.SETTINGS
     raw = {"metadata": dict(body.get("metadata", {})), "spec": dict(body.get("spec", {})),
            "status": dict(body.get("status", {}))}
-    outcome = await asyncio.to_thread(reconcile_sync, raw, settings, kube(settings.field_manager))
+    if "conditions" in patch.status:  # admission's verdict (Validated, Advice) from this same handler run
+        raw["status"]["conditions"] = list(patch.status["conditions"])
+    outcome = await asyncio.to_thread(reconcile_sync, raw, settings, kube(settings.field_manager), None, logger)
     for key, value in outcome.status.items():
         patch.status[key] = value
     for type_, reason, message in outcome.events:

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from . import assets
-from .apiclient import Api
+from .apiclient import Api, ApiError
 from .nodes import default_nodes
 from .process import Proc, spawn, stop_all
 
@@ -43,8 +43,13 @@ def free_port() -> int:
 
 
 class LocalCluster:
+    """`work_dir` defaults to a temp dir removed on stop (kept, with logs, if start-up fails).
+    `die_with_parent` makes the kernel kill every component when the thread that started them
+    exits, so start it from the main thread (or pass False and call stop() yourself)."""
+
     def __init__(self, work_dir: str | Path | None = None, nodes: list[dict] | None = None,
-                 build: bool = False, die_with_parent: bool = True, timeout: float = 240.0):
+                 build: bool = False, die_with_parent: bool = True, timeout: float = 240.0,
+                 audit_policy: dict | None = None):
         self._own_dir = work_dir is None
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="llmforge-k8s-")).resolve()
         self.nodes = default_nodes() if nodes is None else nodes
@@ -56,6 +61,9 @@ class LocalCluster:
         self.server = ""
         self.kubeconfig = str(self.work_dir / "kubeconfig")
         self.ca_file = str(self.work_dir / "apiserver-certs" / "apiserver.crt")
+        # Optional kube-apiserver audit log (JSON lines), e.g. to see which API calls a client really makes.
+        self.audit_policy = audit_policy
+        self.audit_log = str(self.work_dir / "audit.log") if audit_policy else ""
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> LocalCluster:
@@ -65,7 +73,11 @@ class LocalCluster:
         self.stop()
 
     def start(self) -> LocalCluster:
-        bins = assets.ensure_assets(assets.CONTROL_PLANE, build=self.build)
+        try:
+            bins = assets.ensure_assets(assets.CONTROL_PLANE, build=self.build)
+        except BaseException:
+            self.stop()  # nothing started yet; just drop our temp dir
+            raise
         self.work_dir.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.timeout
         try:
@@ -121,6 +133,7 @@ class LocalCluster:
             # which validation rejects (loopback); nothing here dials that Service.
             "--endpoint-reconciler-type=none",
             "--profiling=false",
+            *self._audit_flags(),
         ])
         api = self.api()
         self._wait("kube-apiserver", lambda: api.ok("/readyz"), deadline)
@@ -183,12 +196,23 @@ class LocalCluster:
             dead = [p.name for p in self.procs if not p.alive()]
             if dead:
                 raise ClusterStartError(f"{', '.join(dead)} exited while waiting for {what}")
-            if check():
-                return
+            try:
+                if check():
+                    return
+            except (OSError, ApiError):
+                pass  # a refused connection or a 5xx while starting means "not yet"
             time.sleep(0.25)
         raise ClusterStartError(f"timed out after {self.timeout:.0f}s waiting for {what}")
 
     # -- files -------------------------------------------------------------------------------
+    def _audit_flags(self) -> list[str]:
+        if not self.audit_policy:
+            return []
+        policy = self.work_dir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(self.audit_policy, sort_keys=False))
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
+                "--audit-log-mode=blocking"]
+
     def _write_credentials(self) -> dict[str, str]:
         wd = self.work_dir
         tokens = {c: secrets.token_hex(16) for c in ("kube-controller-manager", "kube-scheduler")}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,10 +74,11 @@ def watch(kubeconfig: str, timeout: float) -> dict[str, str]:
     deadline, last = time.monotonic() + timeout, ""
     while time.monotonic() < deadline:
         table = kubectl(kubeconfig, "get", "llmforge", check=False)
-        if table != last:
+        shown = "\n".join(line.rsplit(None, 1)[0] for line in table.splitlines() if line.strip())  # minus AGE
+        if shown != last:
             print(f"\n$ kubectl get llmforge   # t+{int(timeout - (deadline - time.monotonic()))}s\n{table}",
                   end="", flush=True)
-            last = table
+            last = shown
         state = phases(kubeconfig)
         done = (state.get("FineTuneJob") == "Succeeded" and state.get("Evaluation") in ("Succeeded", "Failed")
                 and state.get("ModelDeployment") == "Ready")
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     build_assets(ROOT)
 
     say("2/5 starting a local control plane, the local kubelet and the operator (runtime: local)")
+    for stale in ("cluster", "pods", "runs"):  # every run starts from an empty cluster and no outputs
+        shutil.rmtree(ROOT / stale, ignore_errors=True)
     cluster = LocalCluster(work_dir=ROOT / "cluster", die_with_parent=not args.keep)
     cluster.start()
     kubeconfig = cluster.kubeconfig
@@ -130,9 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         print(kubectl(kubeconfig, "get", "finetunejob", "quickstart", "-o", "jsonpath={.status.cost}"))
 
         say("5/5 a completion from the served endpoint (the adapter `quickstart`)")
+        # The final statuses, for people and for tests/e2e: what the run really produced.
+        (ROOT / "status.json").write_text(kubectl(kubeconfig, "get", "llmforge", "-o", "json"))
         if state.get("ModelDeployment") == "Ready":
             prompt = "What sound does a cat make?"
-            print(f"prompt: {prompt}\ncompletion: {complete(prompt)!r}")
+            text = complete(prompt)
+            (ROOT / "completion.txt").write_text(text)
+            print(f"prompt: {prompt}\ncompletion: {text!r}")
         else:
             print(f"not serving: {state}; see {ROOT / 'operator.log'} and {ROOT / 'pods'}")
             return 1

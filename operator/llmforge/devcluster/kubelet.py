@@ -33,8 +33,9 @@ RUNTIME_LABEL = "llmforge.dev/runtime"
 TERMINATION_ENV = "LLMFORGE_TERMINATION_LOG"
 
 
-def local_node(name: str = NODE_NAME, cpu: str = "2", memory: str = "24Gi") -> dict[str, Any]:
-    """The Node this kubelet serves (no kwok annotation: kwok leaves it alone)."""
+def local_node(name: str = NODE_NAME, cpu: str = "64", memory: str = "256Gi") -> dict[str, Any]:
+    """The Node this kubelet serves (no kwok annotation: kwok leaves it alone). Processes share the machine
+    unisolated, so capacity is generous: requests sized for GKE machines must not keep the demo Pending."""
     return {
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
@@ -66,6 +67,19 @@ class Running:
     deleting_since: float | None = None
     grace: float = 30.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _http_probe(container: Any) -> tuple[int, str] | None:
+    """(port, path) of an httpGet readinessProbe, with named ports resolved."""
+    probe = container.readiness_probe
+    if probe is None or probe.http_get is None:
+        return None
+    port = probe.http_get.port
+    if isinstance(port, str) and not port.isdigit():
+        port = next((p.container_port for p in container.ports or [] if p.name == port), None)
+        if port is None:
+            return None
+    return int(port), probe.http_get.path or "/"
 
 
 def rewrite(value: str, mounts: dict[str, Path]) -> str:
@@ -147,6 +161,9 @@ class LocalKubelet:
                 self._delete(pod, run)
                 continue
             if run is None and uid not in self.finished:
+                if pod.status and pod.status.phase in ("Succeeded", "Failed"):
+                    self.finished.add(uid)  # ran under an earlier kubelet; never run a finished pod again
+                    continue
                 self._launch(pod)
             elif run is not None:
                 self._check(run)
@@ -180,28 +197,62 @@ class LocalKubelet:
                       termination, _now(), pod.spec.restart_policy or "Always",
                       grace=float(pod.spec.termination_grace_period_seconds or 30))
         run.extra["argv"], run.extra["env"], run.extra["cwd"] = argv, env, workdir
+        run.extra["readiness"] = _http_probe(container)
+        run.extra["ready"] = self._probe(run)
         self.running[run.uid] = run
-        self._write_status(run, "Running", {"running": {"startedAt": run.started}}, ready=True)
+        self._write_status(run, "Running", {"running": {"startedAt": run.started}}, ready=run.extra["ready"])
 
     def _check(self, run: Running) -> None:
         code = run.proc.poll()
         if code is None:
+            ready = self._probe(run)
+            if ready != run.extra.get("ready"):
+                run.extra["ready"] = ready
+                self._write_status(run, "Running", {"running": {"startedAt": run.started}}, ready=ready,
+                                   last_state=run.extra.get("last_state"))
+            return
+        if run.extra.get("restart_at") is not None:  # backing off
+            if time.monotonic() >= run.extra["restart_at"]:
+                self._restart(run)
             return
         message = self._termination_message(run)
         state = {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
                                 "message": message, "startedAt": run.started, "finishedAt": _now()}}
         if run.restart_policy == "Always" or (run.restart_policy == "OnFailure" and code != 0):
-            run.restarts += 1
-            run.proc = subprocess.Popen(run.extra["argv"], env=run.extra["env"], cwd=run.extra["cwd"],
-                                        stdout=open(run.log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
-                                        start_new_session=True)
-            run.started = _now()
-            self._write_status(run, "Running", {"running": {"startedAt": run.started}}, ready=True,
-                               last_state=state)
+            # CrashLoopBackOff, as a kubelet would: 2 s doubling to 60 s between restarts.
+            delay = min(60.0, 2.0 * 2 ** run.restarts)
+            run.extra.update(restart_at=time.monotonic() + delay, last_state=state, ready=False)
+            self._write_status(run, "Running", {"waiting": {"reason": "CrashLoopBackOff",
+                                                            "message": f"back-off {delay:.0f}s restarting"}},
+                               ready=False, last_state=state)
             return
         self.running.pop(run.uid)
         self.finished.add(run.uid)
         self._write_status(run, "Succeeded" if code == 0 else "Failed", state, ready=False)
+
+    def _restart(self, run: Running) -> None:
+        run.restarts += 1
+        run.extra["restart_at"] = None
+        run.proc = subprocess.Popen(run.extra["argv"], env=run.extra["env"], cwd=run.extra["cwd"],
+                                    stdout=open(run.log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                                    start_new_session=True)
+        run.started = _now()
+        run.extra["ready"] = self._probe(run)
+        self._write_status(run, "Running", {"running": {"startedAt": run.started}}, ready=run.extra["ready"],
+                           last_state=run.extra.get("last_state"))
+
+    def _probe(self, run: Running) -> bool:
+        """The container's readinessProbe (httpGet on this machine), or ready once running when it has none."""
+        probe = run.extra.get("readiness")
+        if not probe:
+            return True
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{probe[0]}{probe[1]}", timeout=1) as resp:
+                return 200 <= resp.status < 400
+        except OSError:
+            return False
 
     def _delete(self, pod: Any, run: Running | None) -> None:
         from kubernetes.client.rest import ApiException

@@ -263,11 +263,14 @@ def projected_usd(cost: dict[str, Any], progress: dict[str, Any] | None) -> floa
 def compute_status(resource: dict[str, Any], job: dict[str, Any] | None, pods: list[dict[str, Any]],
                    placement: Placement, prices: PriceTable, now: datetime,
                    progress: dict[str, float] | None = None, estimate: dict[str, Any] | None = None,
-                   job_name: str | None = None) -> dict[str, Any]:
+                   job_name: str | None = None, create_error: str | None = None) -> dict[str, Any]:
     """The whole status of a validated FineTuneJob, from the observed Job and Pods."""
     old = dict(resource.get("status") or {})
     spec = resource.get("spec") or {}
     gen = resource.get("metadata", {}).get("generation")
+    if job is None and old.get("phase") in ("Succeeded", "Failed") and old.get("jobName"):
+        # Finished, and the Job has since been deleted (by a person or a TTL): the record stands.
+        return {**old, "observedGeneration": gen}
     conds = list(old.get("conditions") or [])
     attempts = merge_attempts(old.get("attempts"), pods, now)
     running_pods = [p for p in pods if p.get("status", {}).get("phase") == "Running"
@@ -353,6 +356,8 @@ def compute_status(resource: dict[str, Any], job: dict[str, Any] | None, pods: l
 
     # Conditions.
     pending_reason = _pending_reason(pods) if phase == "Pending" and job is not None else ("", "")
+    if phase == "Pending" and not pods and create_error:
+        pending_reason = ("FailedCreate", create_error)
     if job is None and phase != "Failed":
         conds = set_condition(conds, "JobCreated", False, "NotCreated", "the Job has not been created yet", gen)
     elif job is not None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ..api.modeldeployment import VariantStatus
 from ..promotion import Decision
 from .conditions import set_condition
 from .servingmetrics import VariantMetrics
@@ -95,23 +96,36 @@ def adapters_loaded(v: ObservedVariant) -> list[str]:
 
 
 def variant_status(v: ObservedVariant, cost: CostInputs) -> dict[str, Any]:
+    """One entry of status.variants, serialised through the API model (its aliases are the CRD's names)."""
     st = _dstatus(v.deployment)
     out: dict[str, Any] = {"name": v.name, "weight": v.weight, "replicas": desired_replicas(v),
-                           "readyReplicas": int(st.get("readyReplicas") or 0),
-                           "adaptersLoaded": adapters_loaded(v)}
+                           "ready_replicas": int(st.get("readyReplicas") or 0),
+                           "adapters_loaded": adapters_loaded(v)}
     m = v.metrics
     if m is not None and m.pods:
         out["requests"] = m.requests
         if m.error_rate is not None:
-            out["errorRate"] = round(m.error_rate, 6)
+            out["error_rate"] = round(m.error_rate, 6)
         if m.p95_ms is not None:
-            out["p95LatencyMs"] = round(m.p95_ms, 1)
+            out["p95_latency_ms"] = round(m.p95_ms, 1)
     if v.tokens_per_second is not None:
-        out["tokensPerSecond"] = round(v.tokens_per_second, 3)
+        out["tokens_per_second"] = round(v.tokens_per_second, 3)
         usd_per_hour = int(st.get("replicas") or 0) * cost.gpus_per_replica * cost.rate_per_gpu_hour
         if v.tokens_per_second > 0:
-            out["costPer1kTokens"] = float(f"{usd_per_hour / (v.tokens_per_second * 3.6):.6g}")
-    return out
+            out["cost_per_1k_tokens"] = float(f"{usd_per_hour / (v.tokens_per_second * 3.6):.6g}")
+    return VariantStatus(**out).model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _integral(value: Any) -> Any:
+    """Whole floats as ints: the API server stores JSON numbers, so 0.0 comes back as 0 and kopf would
+    report every patch as inconsistent."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
 
 
 def _append(history: list[dict[str, Any]] | None, entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -274,6 +288,7 @@ def compute_status(body: dict[str, Any], variants: list[ObservedVariant], cost: 
         variants=[variant_status(v, cost) for v in variants],
         cost=accrue_cost(prev.get("cost"), usd_per_hour, cost, now),
     )
+    out = _integral(out)
     sh = scaling_history(prev, variants, now)
     if sh is not None:
         out["scalingHistory"] = sh

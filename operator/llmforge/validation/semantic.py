@@ -45,7 +45,7 @@ def _uris(pairs: list[tuple[str, str | None]]) -> Iterator[tuple[str, str]]:
             yield path, why
 
 
-def finetune_semantics(spec: FineTuneJobSpec) -> Iterator[tuple[Any, ...]]:
+def finetune_semantics(spec: FineTuneJobSpec, name: str = "") -> Iterator[tuple[Any, ...]]:
     """(path, message) pairs, or (path, message, reason) when the reason is more specific than Invalid."""
     yield from _uris([
         ("spec.baseModel.uri", spec.base_model.uri), ("spec.dataset.train", spec.dataset.train),
@@ -61,7 +61,7 @@ def finetune_semantics(spec: FineTuneJobSpec) -> Iterator[tuple[Any, ...]]:
             yield "spec.resources", fit.message, "InsufficientGPUMemory"
 
 
-def evaluation_semantics(spec: EvaluationSpec) -> Iterator[tuple[str, str]]:
+def evaluation_semantics(spec: EvaluationSpec, name: str = "") -> Iterator[tuple[str, str]]:
     yield from _uris([
         ("spec.model.adapterUri", spec.model.adapter_uri), ("spec.dataset.uri", spec.dataset.uri),
         ("spec.output.uri", spec.output.uri),
@@ -78,19 +78,22 @@ def evaluation_semantics(spec: EvaluationSpec) -> Iterator[tuple[str, str]]:
             yield f"spec.checks[{i}].name", f"duplicate metric name {name!r}"
 
 
-def _served(path: str, model: ServedModel) -> Iterator[tuple[str, str]]:
+def _served(path: str, model: ServedModel, resource_name: str) -> Iterator[tuple[str, str]]:
     yield from _uris([(f"{path}.baseModel.uri", model.base_model.uri)])
     names = [a.name for a in model.adapters]
+    base = model.served_name(resource_name)
     for i, adapter in enumerate(model.adapters):
         yield from _uris([(f"{path}.adapters[{i}].uri", adapter.uri)])
         if adapter.name in names[:i]:
             yield f"{path}.adapters[{i}].name", f"duplicate adapter name {adapter.name!r}"
+        if adapter.name == base:
+            yield f"{path}.adapters[{i}].name", f"{adapter.name!r} is the base model's served name; rename the adapter"
 
 
-def deployment_semantics(spec: ModelDeploymentSpec) -> Iterator[tuple[str, str]]:
-    yield from _served("spec.model", spec.model)
+def deployment_semantics(spec: ModelDeploymentSpec, name: str = "") -> Iterator[tuple[str, str]]:
+    yield from _served("spec.model", spec.model, name)
     if spec.canary:
-        yield from _served("spec.canary.model", spec.canary.model)
+        yield from _served("spec.canary.model", spec.canary.model, name)
     yield from _resources("spec.resources", spec.resources.accelerator, spec.resources.count)
     if spec.resources.accelerator == "cpu" and spec.resources.count != 1:
         yield "spec.resources.count", "tensor parallelism needs GPUs"

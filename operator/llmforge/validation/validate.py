@@ -42,7 +42,7 @@ def validate_object(obj: Any) -> list[Problem]:
         return problems
     for path, rule in cel.violations(model.spec, "spec"):
         problems.append(Problem(kind, name, path, rule.message, reason=rule.reason or "FieldValueInvalid"))
-    for path, message, *reason in _SEMANTICS[kind](model.spec):
+    for path, message, *reason in _SEMANTICS[kind](model.spec, name):
         problems.append(Problem(kind, name, path, message, reason=reason[0] if reason else "Invalid"))
     if not problems and kind in _ADVICE:
         for path, message in _ADVICE[kind](model.spec):

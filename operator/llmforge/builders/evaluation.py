@@ -1,0 +1,187 @@
+"""Evaluation -> its ConfigMap (the resolved spec llmforge-eval reads) and its batch/v1 Job. Pure.
+
+The pod never reads the FineTuneJob: the operator resolves ``fineTuneJobRef`` into ``adapterUri`` (the
+FineTuneJob's ``status.output.adapterUri``, else ``<output.uri>/adapter``), ``baseModel`` (its spec's) and the
+default ``output.uri`` (``<FineTuneJob output>/eval/<name>/``), and mounts that resolved spec. GKE placement and
+pod hardening come from ``builders.common``, as for the trainer Job; ``accelerator: auto`` takes the
+FineTuneJob's accelerator (the adapter was trained there, so the base fits), or for a bare adapter the
+cheapest GPU whose memory holds the bf16 base. Deterministic names (``<name>-eval``): one Job per Evaluation.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from ..api.contract import EXIT_INVALID_INPUT, TERMINATION_LOG
+from ..api.evaluation import Evaluation
+from ..api.finetunejob import FineTuneJob
+from ..estimate import serving_accelerator
+from ..settings import Settings
+from . import common
+
+COMPONENT = "evaluator"
+CONTAINER = "eval"
+SPEC_DIR = "/etc/llmforge"
+SPEC_KEY = "spec.yaml"
+EVAL_LABEL = "llmforge.dev/evaluation"
+BACKOFF_LIMIT = 2
+
+
+def job_name(name: str) -> str:
+    return f"{name}-eval"
+
+
+def configmap_name(name: str) -> str:
+    return f"{name}-eval-spec"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What the eval pod evaluates, after fineTuneJobRef is resolved."""
+
+    adapter_uri: str
+    base_model: dict[str, Any]
+    output_uri: str
+    accelerator: str
+
+
+def _join(uri: str, *parts: str) -> str:
+    out = uri.rstrip("/")
+    for p in parts:
+        out = f"{out}/{p.strip('/')}"
+    return out
+
+
+def _model(resource: dict[str, Any]) -> Evaluation:
+    return Evaluation.model_validate({k: v for k, v in resource.items() if k in ("kind", "metadata", "spec")})
+
+
+def resolve(resource: dict[str, Any], finetunejob: dict[str, Any] | None = None,
+            placeholders: bool = False) -> ResolvedModel:
+    """Adapter, base, output and accelerator for the eval pod. With ``fineTuneJobRef`` the FineTuneJob is
+    needed (``placeholders=True`` renders readable stand-ins instead, for ``llmforge render``)."""
+    ev = _model(resource)
+    spec, name = ev.spec, ev.metadata.get("name", "")
+    ref = spec.model.fine_tune_job_ref
+    if ref is None:
+        base = spec.model.base_model.dump() if spec.model.base_model else {}
+        if not spec.output.uri:
+            raise ValueError("output.uri is required when the model is given by adapterUri")
+        acc = serving_accelerator(spec.resources, spec.model.base_model.name if spec.model.base_model else None)
+        return ResolvedModel(spec.model.adapter_uri or "", base, spec.output.uri, acc)
+    if finetunejob is None:
+        if not placeholders:
+            raise ValueError(f"FineTuneJob {ref.name} is needed to resolve the model")
+        acc = spec.resources.accelerator if spec.resources.accelerator != "auto" else "nvidia-l4"
+        return ResolvedModel(f"<adapter of FineTuneJob {ref.name}>", {"uri": f"<baseModel of FineTuneJob {ref.name}>"},
+                             spec.output.uri or f"<output of FineTuneJob {ref.name}>/eval/{name}/", acc)
+    ftj = FineTuneJob.model_validate({k: v for k, v in finetunejob.items() if k in ("kind", "metadata", "spec")})
+    output = ((finetunejob.get("status") or {}).get("output") or {})
+    adapter = output.get("adapterUri") or _join(ftj.spec.output.uri, "adapter")
+    base = spec.model.base_model.dump() if spec.model.base_model else ftj.spec.base_model.dump()
+    out_uri = spec.output.uri or _join(ftj.spec.output.uri, "eval", name) + "/"
+    if spec.resources.accelerator != "auto":
+        acc = spec.resources.accelerator
+    else:
+        from .finetunejob import resolved_accelerator
+
+        acc = resolved_accelerator(ftj)
+    return ResolvedModel(adapter, base, out_uri, acc)
+
+
+def child_labels(name: str) -> dict[str, str]:
+    return common.labels("llmforge-evaluation", name, COMPONENT, {EVAL_LABEL: name})
+
+
+def spec_document(resource: dict[str, Any], model: ResolvedModel) -> str:
+    """The Evaluation as llmforge-eval reads it: model resolved to adapterUri + baseModel, output set."""
+    meta = resource.get("metadata", {})
+    spec = copy.deepcopy(resource.get("spec", {}))
+    spec["model"] = {"adapterUri": model.adapter_uri, "baseModel": model.base_model}
+    spec["output"] = {**(spec.get("output") or {}), "uri": model.output_uri}
+    doc = {"apiVersion": resource.get("apiVersion"), "kind": resource.get("kind", "Evaluation"),
+           "metadata": {k: meta[k] for k in ("name", "namespace", "uid") if meta.get(k)}, "spec": spec}
+    return yaml.safe_dump(doc, sort_keys=True)
+
+
+def build_configmap(resource: dict[str, Any], model: ResolvedModel) -> dict[str, Any]:
+    name = resource["metadata"]["name"]
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": common.metadata(resource, configmap_name(name), child_labels(name)),
+            "data": {SPEC_KEY: spec_document(resource, model)}}
+
+
+def build_job(resource: dict[str, Any], settings: Settings, model: ResolvedModel) -> dict[str, Any]:
+    ev = _model(resource)
+    spec, meta = ev.spec, ev.metadata
+    name = meta["name"]
+    res = spec.resources
+    count = 1 if model.accelerator == "cpu" else res.count
+    labels = child_labels(name)
+    env: list[dict[str, Any]] = [
+        {"name": "LLMFORGE_NAMESPACE", "value": meta.get("namespace", "default")},
+        {"name": "LLMFORGE_NAME", "value": name},
+        {"name": "HF_HUB_OFFLINE", "value": "0" if model.base_model.get("name") and not model.base_model.get("uri")
+         else "1"},
+        {"name": "MLFLOW_DISABLE_TELEMETRY", "value": "true"},
+    ]
+    token = (model.base_model.get("tokenSecretRef") or {})
+    if token.get("name"):
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token["name"],
+                                                                       "key": token.get("key", "token")}}})
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.image or settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["llmforge-eval", "--spec", f"{SPEC_DIR}/{SPEC_KEY}"],
+        "env": env,
+        "resources": common.resources(model.accelerator, count, res.cpu, res.memory),
+        "securityContext": common.container_security_context(),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "securityContext": common.pod_security_context(),
+        "containers": [container],
+        "volumes": [{"name": "spec", "configMap": {"name": configmap_name(name)}},
+                    {"name": "tmp", "emptyDir": {}}],
+        **common.placement(model.accelerator, count, res.spot, settings.runtime),
+    }
+    if spec.service_account_name:
+        pod_spec["serviceAccountName"] = spec.service_account_name
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": common.metadata(resource, job_name(name), labels),
+        "spec": {
+            "suspend": spec.suspend,
+            "backoffLimit": BACKOFF_LIMIT,
+            "completions": 1,
+            "parallelism": 1,
+            "podReplacementPolicy": "Failed",
+            "podFailurePolicy": {"rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                                      "values": [EXIT_INVALID_INPUT]}},
+            ]},
+            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+        },
+    }
+
+
+def build_children(resource: dict[str, Any], settings: Settings, finetunejob: dict[str, Any] | None = None,
+                   placeholders: bool = False) -> list[dict[str, Any]]:
+    """ConfigMap then Job, for the resolved model."""
+    model = resolve(resource, finetunejob, placeholders=placeholders)
+    return [build_configmap(resource, model), build_job(resource, settings, model)]
+
+
+def render(resource: dict[str, Any], settings: Settings) -> list[dict[str, Any]]:
+    """``llmforge render``: a fineTuneJobRef is shown as placeholders (the FineTuneJob is not at hand)."""
+    return build_children(resource, settings, None, placeholders=True)
