@@ -24,7 +24,9 @@ def demo():
         (ROOT / name).unlink(missing_ok=True)
     out = subprocess.run([sys.executable, "-m", "llmforge.devcluster.demo", "--timeout", "1200"],
                          capture_output=True, text=True, timeout=1800, cwd=REPO,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                         env={**os.environ, "HF_HUB_OFFLINE": "1",  # this checkout's code, not an install's
+                              "PYTHONPATH": os.pathsep.join(str(REPO / d) for d in
+                                                            ("operator", "trainer-image", "server-image"))})
     items = json.loads((ROOT / "status.json").read_text())["items"] if (ROOT / "status.json").exists() else []
     return out, {i["kind"]: i for i in items}
 

@@ -298,7 +298,8 @@ class LocalKubelet:
 
     def _env(self, pod: Any, container: Any, mounts: dict[str, Path]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in ("HOME", "LANG", "TMPDIR", "HF_HOME", "HF_HUB_OFFLINE",
-                                                             "MLFLOW_DISABLE_TELEMETRY", "LLMFORGE_CACHE")}
+                                                             "MLFLOW_DISABLE_TELEMETRY", "LLMFORGE_CACHE",
+                                                             "PYTHONPATH")}
         env["PATH"] = f"{self.bin_dir}{os.pathsep}/usr/local/bin:/usr/bin:/bin"
         fields = {"metadata.name": pod.metadata.name, "metadata.namespace": pod.metadata.namespace,
                   "metadata.uid": pod.metadata.uid, "spec.nodeName": self.node_name,
