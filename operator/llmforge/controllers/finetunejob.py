@@ -41,6 +41,9 @@ PRICES_TTL_SECONDS = 60.0
 
 _locks: dict[tuple[str, str], asyncio.Lock] = {}
 _active: set[tuple[str, str]] = set()
+_pending: set[tuple[str, str]] = set()
+#: Pending jobs are re-read every this many status-loop ticks.
+PENDING_EVERY = 2
 _queued: set[tuple[str, str]] = set()
 #: Threads for blocking API calls (asyncio's default is cores + 4, too few for many jobs' I/O).
 API_THREADS = 32
@@ -251,10 +254,18 @@ async def child_changed(namespace: str, labels: dict[str, str], logger: Any, **_
 def _track(namespace: str, name: str, status: dict[str, Any]) -> None:
     """Running jobs get progress and cost refreshed by the status loop. Nothing else changes without an
     event of its Job or Pods (a pending or suspended job accrues nothing), so only those are polled."""
+    key = (namespace, name)
     if status.get("phase") == "Running":
-        _active.add((namespace, name))
+        _active.add(key)
+        _pending.discard(key)
+    elif status.get("phase") == "Pending":
+        # Why a job is pending (FailedCreate events, the scheduler's verdict) can change without any event of
+        # its Job: re-read those too, at a slower pace so thousands of queued jobs cannot starve the rest.
+        _pending.add(key)
+        _active.discard(key)
     else:
-        _active.discard((namespace, name))
+        _active.discard(key)
+        _pending.discard(key)
 
 
 async def status_loop(interval: float, logger: Any) -> None:
@@ -272,9 +283,12 @@ async def status_loop(interval: float, logger: Any) -> None:
             except Exception as exc:  # noqa: BLE001 (a bad object must not stop the loop)
                 logger.warning(f"status refresh of {key[0]}/{key[1]} failed: {exc}")
 
+    tick = 0
     while True:
         await asyncio.sleep(interval)
-        await asyncio.gather(*(one(k) for k in list(_active)))
+        tick += 1
+        keys = list(_active) + (list(_pending) if tick % PENDING_EVERY == 0 else [])
+        await asyncio.gather(*(one(k) for k in keys))
 
 
 def _validated(resource: dict[str, Any]) -> bool | None:
