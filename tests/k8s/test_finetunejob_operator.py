@@ -150,7 +150,7 @@ def test_job_created_and_bound_to_the_l4_node(ns, operator):
     assert len(jobs(ns)) == 1
     wait_until(lambda: {"Pending", "Succeeded"} <= {e["reason"] for e in kube.request(
         "GET", f"/api/v1/namespaces/{ns}/events")["items"] if e["involvedObject"].get("kind") == "FineTuneJob"},
-        30, "phase-change events")
+        120, "phase-change events")
 
 
 def test_no_matching_node_stays_pending_and_says_why(ns, operator):
