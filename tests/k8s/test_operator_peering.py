@@ -58,9 +58,6 @@ def _wait(what: str, check, timeout: float = 90, detail=lambda: ""):
     pytest.fail(f"timed out waiting for {what}\n{detail()}")
 
 
-# Known flaky under heavy load (1 of 3 full runs on 2026-11-26: the standby handled a create before pausing).
-# Non-strict so it still runs and reports; fixing the race is tracked in the issue notes.
-@pytest.mark.xfail(strict=False, reason="race under load: standby may handle an event before it pauses")
 def test_standby_replica_pauses_then_takes_over(cluster, tmp_path):
     ns_sys, ns = "llmforge-system", f"ml-{uuid.uuid4().hex[:6]}"
     _helm(cluster, "install", "llmforge", str(CHART), "-n", ns_sys, "--create-namespace",
@@ -133,7 +130,9 @@ def test_standby_replica_pauses_then_takes_over(cluster, tmp_path):
             create("first")
             assert len(_wait("a Job for the first FineTuneJob", lambda: jobs_of("first"))) == 1
             _wait("the active replica's create handler", lambda: CREATED in procs[active][1].read_text(), detail=logs)
-            assert "kopf.objects" not in procs[standby][1].read_text(), logs()  # the standby handled nothing
+            # The standby created nothing. (Before its first pause it may resume objects other tests left in the
+            # cluster, so only creations count.)
+            assert "finetunejobs-create" not in procs[standby][1].read_text(), logs()
 
             # A rollout stops the active pod with SIGTERM; kopf withdraws from the peering on the way out.
             procs[active][0].send_signal(signal.SIGTERM)
