@@ -14,6 +14,13 @@ from urllib.parse import quote
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
+from prometheus_client import Counter
+
+#: Every API call we make, so a scale benchmark (and a dashboard) can see calls per reconcile.
+API_REQUESTS = Counter("llmforge_api_requests_total", "Kubernetes API requests made by llmforge",
+                       ["verb", "resource", "code"])
+#: Connections kept per API server; sized to the operator's API thread pool so none is discarded.
+POOL_SIZE = 32
 
 #: kind -> plural for the kinds we touch.
 PLURALS = {"Namespace": "namespaces", "Job": "jobs", "Pod": "pods", "ConfigMap": "configmaps", "Secret": "secrets",
@@ -38,7 +45,7 @@ def api_client() -> client.ApiClient:
             except config.ConfigException:
                 # The client reads $KUBECONFIG at import time; read it now so a later setting counts.
                 config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
-            cfg.connection_pool_maxsize = 16
+            cfg.connection_pool_maxsize = POOL_SIZE
             _client = client.ApiClient(cfg)
         return _client
 
@@ -59,6 +66,12 @@ def path(api_version: str, kind: str, namespace: str | None = None, name: str | 
 def request(method: str, url_path: str, body: Any = None, query: dict[str, str] | None = None,
             content_type: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
     """One API call; raises ApiException (with .status) on HTTP errors."""
+    return call(method, url_path, body, query, content_type, timeout)[1]
+
+
+def call(method: str, url_path: str, body: Any = None, query: dict[str, str] | None = None,
+         content_type: str | None = None, timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
+    """`request`, also returning the HTTP status (201 tells an apply that created from one that updated)."""
     api = api_client()
     headers = {"Accept": "application/json"}
     if content_type:
@@ -72,19 +85,36 @@ def request(method: str, url_path: str, body: Any = None, query: dict[str, str] 
                                                    auth_settings=["BearerToken"])
     resp = api.call_api(m, url, hdrs, data, post, _request_timeout=timeout)
     raw = resp.read()
+    API_REQUESTS.labels(method, _resource(url_path), str(resp.status)).inc()
     if resp.status >= 400:
         exc = ApiException(status=resp.status, reason=resp.reason)
         exc.body = raw
         raise exc
-    return json.loads(raw) if raw else {}
+    return resp.status, (json.loads(raw) if raw else {})
+
+
+def _resource(url_path: str) -> str:
+    """The resource (plus subresource) of an API path, for metric labels: .../jobs/x/status -> jobs/status."""
+    parts = url_path.split("?")[0].strip("/").split("/")
+    if "namespaces" in parts and parts.index("namespaces") + 2 < len(parts):
+        parts = parts[parts.index("namespaces") + 2:]
+    else:
+        parts = parts[2:] if parts[0] == "api" else parts[3:]
+    return parts[0] + (f"/{parts[2]}" if len(parts) > 2 else "") if parts else "unknown"
 
 
 def apply(obj: dict[str, Any], field_manager: str) -> dict[str, Any]:
     """Server-side apply (force: we own these objects). Creating twice yields one object."""
+    return apply_created(obj, field_manager)[0]
+
+
+def apply_created(obj: dict[str, Any], field_manager: str) -> tuple[dict[str, Any], bool]:
+    """`apply`, also saying whether this call created the object."""
     meta = obj["metadata"]
     url = path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
-    return request("PATCH", url, obj, {"fieldManager": field_manager, "force": "true"},
-                   "application/apply-patch+yaml")
+    code, body = call("PATCH", url, obj, {"fieldManager": field_manager, "force": "true"},
+                      "application/apply-patch+yaml")
+    return body, code == 201
 
 
 def get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -97,8 +127,13 @@ def get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any
 
 
 def list_(api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-    return request("GET", path(api_version, kind, namespace), query={"labelSelector": label_selector}).get(
-        "items", [])
+    return list_at(api_version, kind, namespace, label_selector)[0]
+
+
+def list_at(api_version: str, kind: str, namespace: str, label_selector: str) -> tuple[list[dict[str, Any]], str]:
+    """Items and the list's resourceVersion (the point in time the list shows)."""
+    body = request("GET", path(api_version, kind, namespace), query={"labelSelector": label_selector})
+    return body.get("items", []), (body.get("metadata") or {}).get("resourceVersion", "")
 
 
 def patch_status(api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:

@@ -1,14 +1,16 @@
 """FineTuneJob reconciler: apply the ConfigMap and Job, then write the status observed from them.
 
 Three entry points share one `sync`: the create/update/resume handler (after admission), a loop that
-reads progress and accrues cost for unfinished jobs, and watches on the Jobs and Pods we own (label-filtered) so status
-follows the children without waiting for the timer. `sync` is level-based: it reads the Job and Pods
-and recomputes the whole status each time; nothing depends on which event fired.
+reads progress and accrues cost for running jobs, and watches on the Jobs and Pods we own (label-filtered)
+so status follows the children without waiting for the timer. `sync` is level-based: it reads the Job and
+Pods and recomputes the whole status each time; nothing depends on which event fired. The watches also
+feed a cache (`cache.py`), so a refresh costs one status write, and none when nothing changed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 import urllib.request
 from datetime import UTC, datetime
@@ -32,6 +34,7 @@ from ..status.finetunejob import (
     parse_progress,
     pending_message,
 )
+from .cache import Children, Latest
 from .metrics import PHASES, instrumented
 
 KIND, PLURAL, API_VERSION = "FineTuneJob", "finetunejobs", f"{GROUP}/{VERSION}"
@@ -39,14 +42,25 @@ TERMINAL = ("Succeeded", "Failed")
 PROGRESS_TIMEOUT_SECONDS = 1.5
 PRICES_TTL_SECONDS = 60.0
 
-_locks: dict[tuple[str, str], asyncio.Lock] = {}
-_active: set[tuple[str, str]] = set()
-_pending: set[tuple[str, str]] = set()
 #: Pending jobs are re-read every this many status-loop ticks.
 PENDING_EVERY = 2
-_queued: set[tuple[str, str]] = set()
 #: Threads for blocking API calls (asyncio's default is cores + 4, too few for many jobs' I/O).
-API_THREADS = 32
+API_THREADS = kube.POOL_SIZE
+#: Child events within this window share one status refresh.
+DEBOUNCE_SECONDS = 0.5
+#: A cached pod list is re-checked against the API after this long (heals a DELETED event lost in a
+#: watch restart).
+POD_LIST_TTL_SECONDS = 60.0
+#: A Job younger than this with no pod is normal, not worth an Event query for FailedCreate.
+CREATE_ERROR_GRACE_SECONDS = 5.0
+
+Key = tuple[str, str]
+_locks: dict[Key, asyncio.Lock] = {}
+_active: set[Key] = set()
+_pending: set[Key] = set()
+_queued: set[Key] = set()
+_tasks: set[asyncio.Task] = set()
+_ftjs, _jobs, _pods = Latest(), Latest(), Children()
 _prices: tuple[float, PriceTable] | None = None
 
 
@@ -66,6 +80,10 @@ def fetch_progress(url: str, timeout: float = PROGRESS_TIMEOUT_SECONDS) -> dict[
             return parse_progress(resp.read(1 << 20).decode("utf-8", "replace")) or None
     except (OSError, ValueError):
         return None
+
+
+def _prices_fresh() -> bool:
+    return _prices is not None and time.monotonic() - _prices[0] < PRICES_TTL_SECONDS
 
 
 def prices(settings: Settings, logger: Any = None) -> PriceTable:
@@ -90,11 +108,48 @@ def _model(resource: dict[str, Any]) -> FineTuneJob:
     return FineTuneJob.model_validate({k: v for k, v in resource.items() if k in ("kind", "metadata", "spec")})
 
 
-def sync(resource: dict[str, Any], settings: Settings, *, apply_children: bool, read_progress: bool,
-         logger: Any = None) -> dict[str, Any]:
-    """Create what is missing, enforce suspend, observe the Job and Pods, return the whole status."""
+def _create_children(resource: dict[str, Any], settings: Settings, suspend: bool) -> tuple[dict[str, Any], bool]:
+    """Apply the ConfigMap, then the Job; (job, created). Server-side apply: a retry or a restart at any point
+    converges on the same single Job. An existing Job whose immutable template we would now build
+    differently (an operator upgrade) is left as it is."""
+    kube.apply(build_configmap(resource), settings.field_manager)
+    try:
+        return kube.apply_created(build_job(resource, settings, suspend=suspend), settings.field_manager)
+    except ApiException as exc:
+        if exc.status != 422:
+            raise
+        meta = resource["metadata"]
+        job = kube.get("batch/v1", "Job", meta["namespace"], job_name(meta["name"]))
+        if job is None:
+            raise
+        return job, False
+
+
+async def _pods_of(key: Key, job: dict[str, Any] | None, created: bool) -> list[dict[str, Any]]:
+    """This Job's pods: from the cache while a recent list vouches for it, else listed (and the cache seeded)."""
+    ns, name = key
+    if created:  # a Job this call created has no pods yet; its pods arrive by watch
+        _pods.seed(key, [], None)
+    elif not _pods.fresh(key, POD_LIST_TTL_SECONDS):
+        items, rv = await asyncio.to_thread(kube.list_at, "v1", "Pod", ns,
+                                            f"{FTJ_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY}")
+        _pods.seed(key, items, rv)
+    pods = _pods.items(key)
+    if job is not None:
+        uid = job["metadata"].get("uid")
+        pods = [p for p in pods if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])]
+    return sorted(pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"].get("name") or ""))
+
+
+async def sync(resource: dict[str, Any], settings: Settings, *, apply_children: bool, read_progress: bool,
+               logger: Any = None) -> dict[str, Any]:
+    """Create what is missing, enforce suspend, observe the Job and Pods, return the whole status.
+
+    Reads come from the watch cache; only what is missing there costs an API call.
+    """
     meta = resource["metadata"]
     ns, name = meta["namespace"], meta["name"]
+    key = (ns, name)
     model = _model(resource)
     fit = check_fit(model.spec)
     if fit.accelerator == "auto":
@@ -103,33 +158,43 @@ def sync(resource: dict[str, Any], settings: Settings, *, apply_children: bool, 
                           model.spec.resources.spot)
     old = resource.get("status") or {}
     jname = job_name(name)
-    job = kube.get("batch/v1", "Job", ns, jname)
     want_suspend = bool(model.spec.suspend) or budget_stopped(old)
+    job, created = _jobs.get(key), False
     if job is None and apply_children and old.get("phase") not in TERMINAL:
-        kube.apply(build_configmap(resource), settings.field_manager)
-        job = kube.apply(build_job(resource, settings, suspend=want_suspend), settings.field_manager)
-    elif job is not None and bool(job.get("spec", {}).get("suspend")) != want_suspend and (
-            apply_children or want_suspend):
-        if not (_finished(job) and not want_suspend):
-            job = kube.merge_patch("batch/v1", "Job", ns, jname, {"spec": {"suspend": want_suspend}})
-    pods = kube.list_("v1", "Pod", ns, f"{FTJ_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY}")
-    if job is not None:
-        uid = job["metadata"].get("uid")
-        pods = [p for p in pods if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])]
+        job, created = await asyncio.to_thread(_create_children, resource, settings, want_suspend)
+        job = _jobs.put(key, job)
+    elif job is None:
+        job = await asyncio.to_thread(kube.get, "batch/v1", "Job", ns, jname)
+        job = _jobs.put(key, job) if job is not None else None
+    if job is not None and bool(job.get("spec", {}).get("suspend")) != want_suspend and (
+            apply_children or want_suspend) and not (_finished(job) and not want_suspend):
+        job = _jobs.put(key, await asyncio.to_thread(kube.merge_patch, "batch/v1", "Job", ns, jname,
+                                                     {"spec": {"suspend": want_suspend}}))
+    pods = await _pods_of(key, job, created)
     create_error = None
-    if job is not None and not pods:
-        create_error = _pod_create_error(ns, job)
+    if job is not None and not pods and _age_seconds(job) > CREATE_ERROR_GRACE_SECONDS:
+        create_error = await asyncio.to_thread(_pod_create_error, ns, job)
     progress = None
     if read_progress:
         running = [p for p in pods if p.get("status", {}).get("phase") == "Running" and p["status"].get("podIP")]
         if running:
             ip = running[0]["status"]["podIP"]
-            progress = fetch_progress(f"http://{ip}:{settings.trainer_metrics_port}/metrics")
-    status = compute_status(resource, job, pods, placement, prices(settings, logger), datetime.now(UTC),
+            progress = await asyncio.to_thread(fetch_progress,
+                                               f"http://{ip}:{settings.trainer_metrics_port}/metrics")
+    table = prices(settings, logger) if _prices_fresh() else await asyncio.to_thread(prices, settings, logger)
+    status = compute_status(resource, job, pods, placement, table, datetime.now(UTC),
                             progress=progress, estimate=fit.status(), job_name=jname, create_error=create_error)
     if budget_stopped(status) and job is not None and not job.get("spec", {}).get("suspend") and not _finished(job):
-        kube.merge_patch("batch/v1", "Job", ns, jname, {"spec": {"suspend": True}})
+        _jobs.put(key, await asyncio.to_thread(kube.merge_patch, "batch/v1", "Job", ns, jname,
+                                               {"spec": {"suspend": True}}))
     return status
+
+
+def _age_seconds(obj: dict[str, Any]) -> float:
+    created = obj.get("metadata", {}).get("creationTimestamp")
+    if not created:
+        return 0.0
+    return (datetime.now(UTC) - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds()
 
 
 def _pod_create_error(namespace: str, job: dict[str, Any]) -> str | None:
@@ -190,16 +255,34 @@ def _plain(body: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- handlers
 
 
+def _changed(old: dict[str, Any], patch: dict[str, Any]) -> bool:
+    """Whether a status merge patch would change anything (an unchanged write still costs a request)."""
+    return any(old.get(k) != v if v is not None else k in old for k, v in patch.items())
+
+
+async def _write_status(key: Key, old: dict[str, Any], status: dict[str, Any]) -> None:
+    patch = _with_removals(old, status)
+    if _changed(old, patch):
+        written = await asyncio.to_thread(kube.patch_status, API_VERSION, KIND, key[0], key[1], patch)
+        _ftjs.put(key, written)
+
+
 async def reconcile(model: Any, body: kopf.Body, patch: kopf.Patch, logger: Any, **_: Any) -> None:
-    """Create/update/resume, after admission passed (its conditions are already in patch.status)."""
+    """Create/update/resume, after admission passed (its conditions are already in patch.status).
+
+    The status is written here, under the job's lock, rather than left in kopf's patch: kopf would write it
+    after the lock is released, and could then overwrite a newer status a child event has written meanwhile.
+    """
     resource = _plain(body)
     old = resource["status"]
     resource["status"] = {**old, "conditions": list(patch.status.get("conditions") or old.get("conditions") or [])}
     meta = resource["metadata"]
-    async with _lock(meta["namespace"], meta["name"]):
+    key = (meta["namespace"], meta["name"])
+    _ftjs.put(key, body)
+    async with _lock(*key):
         try:
-            status = await asyncio.to_thread(sync, resource, _settings(), apply_children=True, read_progress=False,
-                                             logger=logger)
+            status = await sync(resource, _settings(), apply_children=True, read_progress=False, logger=logger)
+            await _write_status(key, old, status)
         except ValueError as exc:  # spec the schema accepted but we cannot build: a person must fix it
             conds = set_condition(resource["status"]["conditions"], "Validated", False, "InvalidSpec", str(exc),
                                   meta.get("generation"))
@@ -208,26 +291,32 @@ async def reconcile(model: Any, body: kopf.Body, patch: kopf.Patch, logger: Any,
             raise kopf.PermanentError(str(exc)) from exc
         except ApiException as exc:
             raise kopf.TemporaryError(f"API error {exc.status}: {exc.reason}", delay=5) from exc
-    patch.status.update(_with_removals(old, status))
-    _track(meta["namespace"], meta["name"], status)
+    patch.pop("status", None)
+    _track(*key, status)
     _announce(body, old.get("phase"), status)
 
 
 async def refresh(namespace: str, name: str, logger: Any, read_progress: bool = False) -> None:
-    """Recompute one FineTuneJob's status from the API's current view and write it to /status."""
+    """Recompute one FineTuneJob's status from the cached view (the API where the cache has nothing)."""
+    key = (namespace, name)
     async with _lock(namespace, name):
-        _queued.discard((namespace, name))
+        _queued.discard(key)
         try:
-            current = await asyncio.to_thread(kube.get, API_VERSION, KIND, namespace, name)
+            current = _ftjs.get(key)
+            if current is None or _validated(current) is not True:
+                # Not seen yet, or seen before admission wrote Validated: ask the API, not a stale view.
+                current = await asyncio.to_thread(kube.get, API_VERSION, KIND, namespace, name)
+                current = _ftjs.put(key, current) if current is not None else None
             if current is None or current.get("metadata", {}).get("deletionTimestamp"):
-                _active.discard((namespace, name))
+                _active.discard(key)
                 return
             if _validated(current) is not True:
                 return
-            status = await asyncio.to_thread(sync, current, _settings(), apply_children=False,
-                                             read_progress=read_progress, logger=logger)
-            await asyncio.to_thread(kube.patch_status, API_VERSION, KIND, namespace, name,
-                                    _with_removals(current.get("status") or {}, status))
+            old = current.get("status") or {}
+            # A private copy: the cached body is the baseline the write is diffed against.
+            status = await sync({**current, "status": copy.deepcopy(old)}, _settings(), apply_children=False,
+                                read_progress=read_progress, logger=logger)
+            await _write_status(key, old, status)
         except ApiException as exc:
             if exc.status in (404, 409):
                 return
@@ -235,20 +324,68 @@ async def refresh(namespace: str, name: str, logger: Any, read_progress: bool = 
         except ValueError:
             return
     _track(namespace, name, status)
-    _announce(current, (current.get("status") or {}).get("phase"), status)
+    _announce(current, old.get("phase"), status)
 
 
-async def child_changed(namespace: str, labels: dict[str, str], logger: Any, **_: Any) -> None:
-    """A Job or Pod of ours changed: recompute its FineTuneJob's status now.
+async def _debounced_refresh(key: Key, logger: Any) -> None:
+    await asyncio.sleep(DEBOUNCE_SECONDS)
+    try:
+        await instrumented(KIND, "child")(refresh)(key[0], key[1], logger)
+    except Exception as exc:  # noqa: BLE001 (the status loop and the next event retry)
+        logger.warning(f"status refresh of {key[0]}/{key[1]} failed: {exc}")
 
-    Bursts coalesce: while a refresh for the same job waits for the lock, later events add nothing (that
-    refresh has not read anything yet, so it will see them); once it has started, a new event queues one more.
-    """
-    name = labels.get(FTJ_LABEL)
-    if not name or not namespace or (namespace, name) in _queued:
+
+def _schedule(key: Key, logger: Any) -> None:
+    """One refresh per burst of child events: a pod's life under kwok or a preemption is a dozen events
+    within a second, and each refresh reads all of them from the cache anyway."""
+    if key in _queued:
         return
-    _queued.add((namespace, name))
-    await refresh(namespace, name, logger)
+    _queued.add(key)
+    task = asyncio.create_task(_debounced_refresh(key, logger))
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+async def job_event(type: str | None, body: kopf.Body, namespace: str, name: str, labels: dict[str, str],
+                    logger: Any, **_: Any) -> None:
+    """A Job of ours changed: cache it and refresh its FineTuneJob's status."""
+    owner = labels.get(FTJ_LABEL)
+    if not owner or name != job_name(owner):
+        return
+    key = (namespace, owner)
+    if type == "DELETED":
+        _jobs.drop(key)
+    else:
+        _jobs.put(key, body)
+    _schedule(key, logger)
+
+
+async def pod_event(type: str | None, body: kopf.Body, namespace: str, labels: dict[str, str], logger: Any,
+                    **_: Any) -> None:
+    """A trainer Pod changed: cache it and refresh its FineTuneJob's status."""
+    owner = labels.get(FTJ_LABEL)
+    if not owner:
+        return
+    key = (namespace, owner)
+    if type == "DELETED":
+        _pods.delete(key, body)
+    else:
+        _pods.put(key, body)
+    _schedule(key, logger)
+
+
+async def ftj_event(type: str | None, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+    """Keep the newest FineTuneJob in the cache; forget everything about a deleted one."""
+    key = (namespace, name)
+    if type == "DELETED":
+        for store in (_ftjs, _jobs):
+            store.drop(key)
+        _pods.forget(key)
+        _locks.pop(key, None)
+        _active.discard(key)
+        _pending.discard(key)
+    else:
+        _ftjs.put(key, body)
 
 
 def _track(namespace: str, name: str, status: dict[str, Any]) -> None:
@@ -341,8 +478,7 @@ def register(settings: Settings) -> None:
         for task in tasks:
             task.cancel()
 
-    kopf.on.event("batch", "v1", "jobs", id="finetunejob-jobs", labels=owned)(
-        instrumented(KIND, "child")(child_changed))
-    kopf.on.event("v1", "pods", id="finetunejob-pods", labels=owned)(
-        instrumented(KIND, "child")(child_changed))
+    kopf.on.event("batch", "v1", "jobs", id="finetunejob-jobs", labels=owned)(job_event)
+    kopf.on.event("v1", "pods", id="finetunejob-pods", labels=owned)(pod_event)
+    kopf.on.event(GROUP, VERSION, PLURAL, id="finetunejobs-cache")(ftj_event)
     kopf.on.delete(GROUP, VERSION, PLURAL, id="finetunejobs-mlflow", when=_mlflow_run_open)(mark_mlflow_killed)
