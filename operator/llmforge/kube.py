@@ -9,16 +9,19 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from typing import Any
 from urllib.parse import quote
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 #: Every API call we make, so a scale benchmark (and a dashboard) can see calls per reconcile.
 API_REQUESTS = Counter("llmforge_api_requests_total", "Kubernetes API requests made by llmforge",
                        ["verb", "resource", "code"])
+API_SECONDS = Histogram("llmforge_api_request_duration_seconds", "Kubernetes API request latency, as we see it",
+                        ["verb"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 #: Connections kept per API server; sized to the operator's API thread pool so none is discarded.
 POOL_SIZE = 32
 
@@ -83,8 +86,10 @@ def call(method: str, url_path: str, body: Any = None, query: dict[str, str] | N
     m, url, hdrs, data, post = api.param_serialize(method, url_path, query_params=list((query or {}).items()),
                                                    header_params=headers, body=body,
                                                    auth_settings=["BearerToken"])
+    start = time.perf_counter()
     resp = api.call_api(m, url, hdrs, data, post, _request_timeout=timeout)
     raw = resp.read()
+    API_SECONDS.labels(method).observe(time.perf_counter() - start)
     API_REQUESTS.labels(method, _resource(url_path), str(resp.status)).inc()
     if resp.status >= 400:
         exc = ApiException(status=resp.status, reason=resp.reason)

@@ -288,3 +288,20 @@ def test_mlflow_run_marked_killed_best_effort():
     assert seen[0][1]["run_id"] == "r42" and seen[0][1]["status"] == "KILLED"
     # Unreachable server: logged, not raised.
     asyncio.run(mark_mlflow_killed({"tracking": {"mlflow": {"trackingUri": "http://127.0.0.1:9"}}}, status, log))
+
+
+def test_a_finished_jobs_status_does_not_change_with_the_clock():
+    """Level-based and write-free at rest: a refresh of a finished job later must compute the same status,
+    or every child event would cost a status write (and a watch event) for nothing."""
+    pods = [pod("p1", "Succeeded", start=100, end=4000, exit_code=0, message=RESULT_OK, created=50)]
+    first = status_of(resource(), job(("Complete", "", "", 4000), completion=4000), pods, now=5000)
+    later = status_of(resource(status=first), job(("Complete", "", "", 4000), completion=4000), pods, now=9000)
+    assert later == first
+
+
+def test_a_running_jobs_cost_moves_with_the_clock():
+    pods = [pod("p1", "Running", start=0, created=0)]
+    first = status_of(resource(), job(), pods, now=600)
+    later = status_of(resource(status=first), job(), pods, now=1200)
+    assert later["cost"]["usd"] > first["cost"]["usd"]
+    assert later["cost"]["updatedAt"] > first["cost"]["updatedAt"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import time
 import urllib.request
 from datetime import UTC, datetime
@@ -47,7 +48,7 @@ PENDING_EVERY = 2
 #: Threads for blocking API calls (asyncio's default is cores + 4, too few for many jobs' I/O).
 API_THREADS = kube.POOL_SIZE
 #: Child events within this window share one status refresh.
-DEBOUNCE_SECONDS = 0.5
+DEBOUNCE_SECONDS = 1.0
 #: A cached pod list is re-checked against the API after this long (heals a DELETED event lost in a
 #: watch restart).
 POD_LIST_TTL_SECONDS = 60.0
@@ -60,6 +61,9 @@ _active: set[Key] = set()
 _pending: set[Key] = set()
 _queued: set[Key] = set()
 _tasks: set[asyncio.Task] = set()
+_loop: list[asyncio.Task] = []
+_loop_interval = [15.0]
+LOG = logging.getLogger("llmforge.finetunejob")
 _ftjs, _jobs, _pods = Latest(), Latest(), Children()
 _prices: tuple[float, PriceTable] | None = None
 
@@ -108,21 +112,27 @@ def _model(resource: dict[str, Any]) -> FineTuneJob:
     return FineTuneJob.model_validate({k: v for k, v in resource.items() if k in ("kind", "metadata", "spec")})
 
 
-def _create_children(resource: dict[str, Any], settings: Settings, suspend: bool) -> tuple[dict[str, Any], bool]:
-    """Apply the ConfigMap, then the Job; (job, created). Server-side apply: a retry or a restart at any point
-    converges on the same single Job. An existing Job whose immutable template we would now build
+async def _create_children(resource: dict[str, Any], settings: Settings,
+                           suspend: bool) -> tuple[dict[str, Any], bool]:
+    """Apply the ConfigMap and the Job side by side; (job, created). The pod waits for its ConfigMap volume
+    like any kubelet mount, so neither needs the other first. Server-side apply: a retry or a restart at any
+    point converges on the same single Job. An existing Job whose immutable template we would now build
     differently (an operator upgrade) is left as it is."""
-    kube.apply(build_configmap(resource), settings.field_manager)
-    try:
-        return kube.apply_created(build_job(resource, settings, suspend=suspend), settings.field_manager)
-    except ApiException as exc:
-        if exc.status != 422:
-            raise
+    cm = asyncio.to_thread(kube.apply, build_configmap(resource), settings.field_manager)
+    job = asyncio.to_thread(kube.apply_created, build_job(resource, settings, suspend=suspend),
+                            settings.field_manager)
+    cm_result, job_result = await asyncio.gather(cm, job, return_exceptions=True)
+    if isinstance(cm_result, BaseException):
+        raise cm_result
+    if isinstance(job_result, ApiException) and job_result.status == 422:
         meta = resource["metadata"]
-        job = kube.get("batch/v1", "Job", meta["namespace"], job_name(meta["name"]))
-        if job is None:
-            raise
-        return job, False
+        existing = await asyncio.to_thread(kube.get, "batch/v1", "Job", meta["namespace"], job_name(meta["name"]))
+        if existing is None:
+            raise job_result
+        return existing, False
+    if isinstance(job_result, BaseException):
+        raise job_result
+    return job_result
 
 
 async def _pods_of(key: Key, job: dict[str, Any] | None, created: bool) -> list[dict[str, Any]]:
@@ -161,7 +171,7 @@ async def sync(resource: dict[str, Any], settings: Settings, *, apply_children: 
     want_suspend = bool(model.spec.suspend) or budget_stopped(old)
     job, created = _jobs.get(key), False
     if job is None and apply_children and old.get("phase") not in TERMINAL:
-        job, created = await asyncio.to_thread(_create_children, resource, settings, want_suspend)
+        job, created = await _create_children(resource, settings, want_suspend)
         job = _jobs.put(key, job)
     elif job is None:
         job = await asyncio.to_thread(kube.get, "batch/v1", "Job", ns, jname)
@@ -228,6 +238,8 @@ def _announce(body: Any, old_phase: str | None, status: dict[str, Any]) -> None:
     phase = status.get("phase")
     if phase == old_phase:
         return
+    meta = body.get("metadata", {})
+    LOG.info(f"[{meta.get('namespace')}/{meta.get('name')}] {old_phase or 'New'} -> {phase}")
     if phase == "Failed":
         failure = status.get("failure") or {}
         kopf.warn(body, reason=failure.get("reason") or "Failed", message=(failure.get("message") or "")[:1024])
@@ -263,6 +275,8 @@ def _changed(old: dict[str, Any], patch: dict[str, Any]) -> bool:
 async def _write_status(key: Key, old: dict[str, Any], status: dict[str, Any]) -> None:
     patch = _with_removals(old, status)
     if _changed(old, patch):
+        LOG.debug(f"[{key[0]}/{key[1]}] status write: " + ", ".join(
+            k for k, v in patch.items() if (old.get(k) != v if v is not None else k in old)))
         written = await asyncio.to_thread(kube.patch_status, API_VERSION, KIND, key[0], key[1], patch)
         _ftjs.put(key, written)
 
@@ -325,6 +339,11 @@ async def refresh(namespace: str, name: str, logger: Any, read_progress: bool = 
             return
     _track(namespace, name, status)
     _announce(current, old.get("phase"), status)
+    prog = status.get("progress") or {}
+    if read_progress and prog.get("summary") and prog != old.get("progress"):
+        loss = prog.get("loss")
+        LOG.info(f"[{namespace}/{name}] {prog['summary']}" + (f", loss {loss:.4g}" if loss is not None else "")
+                 + f", ${(status.get('cost') or {}).get('usd') or 0:.2f}")
 
 
 async def _debounced_refresh(key: Key, logger: Any) -> None:
@@ -386,6 +405,14 @@ async def ftj_event(type: str | None, body: kopf.Body, namespace: str, name: str
         _pending.discard(key)
     else:
         _ftjs.put(key, body)
+        _ensure_loop()
+
+
+def _ensure_loop() -> None:
+    """Start the status loop from inside a watch handler, not at start-up: kopf.event posts through
+    context variables that kopf sets per object, which start-up activities do not see."""
+    if not _loop or _loop[0].done():
+        _loop[:] = [asyncio.create_task(status_loop(_loop_interval[0], LOG))]
 
 
 def _track(namespace: str, name: str, status: dict[str, Any]) -> None:
@@ -463,19 +490,17 @@ def register(settings: Settings) -> None:
 
     RECONCILERS[KIND] = reconcile
     owned = {MANAGED_BY_LABEL: MANAGED_BY, FTJ_LABEL: kopf.PRESENT}
-    interval = min(settings.progress_interval_seconds, settings.cost_interval_seconds)
-    tasks: list[asyncio.Task] = []
+    _loop_interval[0] = min(settings.progress_interval_seconds, settings.cost_interval_seconds)
 
-    @kopf.on.startup(id="finetunejobs-status-loop")
-    async def _start_loop(logger: Any, **_: Any) -> None:
+    @kopf.on.startup(id="finetunejobs-executor")
+    async def _executor(**_: Any) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(API_THREADS, "llmforge-api"))
-        tasks.append(asyncio.create_task(status_loop(interval, logger)))
 
     @kopf.on.cleanup(id="finetunejobs-status-loop-stop")
     async def _stop_loop(**_: Any) -> None:
-        for task in tasks:
+        for task in _loop:
             task.cancel()
 
     kopf.on.event("batch", "v1", "jobs", id="finetunejob-jobs", labels=owned)(job_event)

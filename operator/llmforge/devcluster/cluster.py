@@ -49,7 +49,7 @@ class LocalCluster:
 
     def __init__(self, work_dir: str | Path | None = None, nodes: list[dict] | None = None,
                  build: bool = False, die_with_parent: bool = True, timeout: float = 240.0,
-                 audit_policy: dict | None = None):
+                 audit_policy: dict | None = None, extra_args: dict[str, list[str]] | None = None):
         self._own_dir = work_dir is None
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="llmforge-k8s-")).resolve()
         self.nodes = default_nodes() if nodes is None else nodes
@@ -64,6 +64,8 @@ class LocalCluster:
         # Optional kube-apiserver audit log (JSON lines), e.g. to see which API calls a client really makes.
         self.audit_policy = audit_policy
         self.audit_log = str(self.work_dir / "audit.log") if audit_policy else ""
+        # Extra flags per component, e.g. a large cluster's client QPS for a scale benchmark.
+        self.extra_args = extra_args or {}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> LocalCluster:
@@ -151,12 +153,14 @@ class LocalCluster:
             f"--service-account-private-key-file={wd / 'sa.key'}", f"--root-ca-file={self.ca_file}",
             "--use-service-account-credentials=true",  # one identity per controller, as in GKE
             "--bind-address=127.0.0.1", f"--secure-port={kcm_port}",
+            *self.extra_args.get("kube-controller-manager", []),
         ])
         sched_kc = wd / "kube-scheduler.kubeconfig"
         self._spawn("kube-scheduler", [
             str(bins["kube-scheduler"]), f"--kubeconfig={sched_kc}",
             f"--authentication-kubeconfig={sched_kc}", f"--authorization-kubeconfig={sched_kc}",
             "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={sched_port}",
+            *self.extra_args.get("kube-scheduler", []),
         ])
         kwok_home = wd / "kwok-home"
         kwok_home.mkdir(exist_ok=True)

@@ -282,6 +282,9 @@ def compute_status(resource: dict[str, Any], job: dict[str, Any] | None, pods: l
         out["estimate"] = estimate
     cost = cost_status(attempts, placement.accelerator, placement.count, placement.spot, prices, now,
                        bool(running_pods))
+    prev_cost = old.get("cost") or {}
+    if prev_cost and all(prev_cost.get(k) == v for k, v in cost.items() if k != "updatedAt"):
+        cost["updatedAt"] = prev_cost.get("updatedAt", cost["updatedAt"])  # the clock alone is not a change
     out["cost"] = cost
     starts = [parse_time(a.get("startTime")) for a in attempts if a.get("startTime")]
     start = min(starts) if starts else None
