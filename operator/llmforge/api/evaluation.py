@@ -13,6 +13,7 @@ from .common import (
     Failure,
     LocalRef,
     MlflowStatus,
+    PodAttempt,
     Resources,
     Rule,
     StatusModel,
@@ -207,6 +208,8 @@ class EvaluationStatus(CommonStatus):
     """Start."""
     completion_time: str | None = None
     """End."""
+    attempts: list[PodAttempt] | None = None
+    """Every eval pod so far, with its billed span (status.cost sums these; kept when the pods are gone)."""
     mlflow: MlflowStatus | None = None
     """Tracking run."""
     failure: Failure | None = None

@@ -22,7 +22,6 @@ from ..api.finetunejob import FineTuneJob
 from ..builders.common import MANAGED_BY, MANAGED_BY_LABEL
 from ..builders.finetunejob import FTJ_LABEL, build_configmap, build_job, job_name
 from ..estimate import check_fit
-from ..pricing import DEFAULT_PRICES, PriceTable, load_prices
 from ..settings import Settings
 from ..status.conditions import set_condition
 from ..status.finetunejob import (
@@ -33,11 +32,11 @@ from ..status.finetunejob import (
     pending_message,
 )
 from .metrics import PHASES, instrumented
+from .pricingcache import prices
 
 KIND, PLURAL, API_VERSION = "FineTuneJob", "finetunejobs", f"{GROUP}/{VERSION}"
 TERMINAL = ("Succeeded", "Failed")
 PROGRESS_TIMEOUT_SECONDS = 1.5
-PRICES_TTL_SECONDS = 60.0
 
 _locks: dict[tuple[str, str], asyncio.Lock] = {}
 _active: set[tuple[str, str]] = set()
@@ -47,7 +46,6 @@ PENDING_EVERY = 2
 _queued: set[tuple[str, str]] = set()
 #: Threads for blocking API calls (asyncio's default is cores + 4, too few for many jobs' I/O).
 API_THREADS = 32
-_prices: tuple[float, PriceTable] | None = None
 
 
 def _settings() -> Settings:
@@ -66,24 +64,6 @@ def fetch_progress(url: str, timeout: float = PROGRESS_TIMEOUT_SECONDS) -> dict[
             return parse_progress(resp.read(1 << 20).decode("utf-8", "replace")) or None
     except (OSError, ValueError):
         return None
-
-
-def prices(settings: Settings, logger: Any = None) -> PriceTable:
-    """The ConfigMap's prices.yaml over the built-in table, cached for a minute; defaults on any error."""
-    global _prices
-    now = time.monotonic()
-    if _prices and now - _prices[0] < PRICES_TTL_SECONDS:
-        return _prices[1]
-    table = DEFAULT_PRICES
-    try:
-        cm = kube.get("v1", "ConfigMap", settings.operator_namespace, settings.pricing_configmap)
-        if cm:
-            table = load_prices((cm.get("data") or {}).get("prices.yaml"))
-    except (ApiException, ValueError, OSError) as exc:
-        if logger:
-            logger.warning(f"pricing ConfigMap ignored, using built-in prices: {exc}")
-    _prices = (now, table)
-    return table
 
 
 def _model(resource: dict[str, Any]) -> FineTuneJob:
