@@ -5,7 +5,7 @@ Same model (tiny Llama + the adapter ``llmforge-train`` trained on the toy task)
 Markdown table row to paste into docs/benchmarks.md ("Evaluation"). Not a test: timings depend on the host.
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 PYTHONPATH=operator:trainer-image:. \\
-        python bench/eval_throughput.py --samples 64 --batch-size 32 --max-new-tokens 32
+        python bench/eval_throughput.py --samples 64 --max-new-tokens 32   # batch: the spec default
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ for p in ("operator", "trainer-image", "."):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="default: the spec default, generation.batchSize (what ships is what is measured)")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     from tests.eval.conftest import trained_adapter_path
     from tests.fixtures.ml import tiny_model_path
 
+    if a.batch_size is None:
+        a.batch_size = Generation().batch_size
     torch.set_num_threads(a.threads)
     base = tiny_model_path()
     adapter = trained_adapter_path(base)

@@ -10,6 +10,7 @@ would have written as termination message, and when.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -17,6 +18,8 @@ from llmforge import kube
 from llmforge.api.contract import EvalResult, encode_result
 from llmforge.api.evaluation import EvalResults
 from llmforge.api.gate import delta
+from llmforge.pricing import DEFAULT_PRICES
+from llmforge.status.attempts import parse_time
 from tests.k8s.ftj_support import FTJ, FakeKubelet, ago, ftj_manifest, t4_manifest, wait_until
 
 # The FineTuneJob operator tests' fixtures (CRDs once, a fresh namespace, the operator, the kubelet double);
@@ -73,7 +76,10 @@ def test_waits_for_model_then_runs_and_passes(ns, operator, kubelet):
     pod = _eval_pod(ns, kubelet)
     started = ago(120)
     kubelet.run(pod, started)
-    wait_until(lambda: ev_status(ns, "e").get("phase") == "Running", 30, "Running")
+    st = wait_until(lambda: (s := ev_status(ns, "e")).get("phase") == "Running" and s.get("cost") and s, 30,
+                    "Running with cost")
+    # Accruing: two minutes of a T4 already billed, and burning at the on-demand rate.
+    assert st["cost"]["usd"] > 0 and st["cost"]["usdPerHour"] == DEFAULT_PRICES.rate(FakeKubelet.ACCELERATOR, False)
     kubelet.finish(pod, started, ago(0), 0, result({"rougeL": 0.6, "perplexity": 3.0},
                                                    {"rougeL": 0.2, "perplexity": 8.0}))
     st = wait_until(lambda: (s := ev_status(ns, "e")).get("phase") == "Succeeded" and s, 60, "Succeeded")
@@ -82,6 +88,24 @@ def test_waits_for_model_then_runs_and_passes(ns, operator, kubelet):
     assert st["samplesEvaluated"] == 20 and st["reportUri"].endswith("report.jsonl")
     assert st["model"] == "FineTuneJob/m" and st["adapterUri"] == "gs://b/runs/m/adapter"
     assert len(eval_jobs(ns)) == 1
+    # Final cost, from the pod's container timestamps as the API server holds them.
+    term = kube.get("v1", "Pod", ns, pod["metadata"]["name"])["status"]["containerStatuses"][0]["state"]["terminated"]
+    seconds = (parse_time(term["finishedAt"]) - parse_time(term["startedAt"])).total_seconds()
+    expected = seconds / 3600 * DEFAULT_PRICES.rate(FakeKubelet.ACCELERATOR, False)
+    assert seconds >= 120 and st["cost"]["usd"] == pytest.approx(expected, abs=1e-4) and st["cost"]["usd"] > 0
+    assert st["cost"]["usdPerHour"] == 0 and st["cost"]["accelerator"] == FakeKubelet.ACCELERATOR
+    assert [(a["startTime"], a["endTime"]) for a in st["attempts"]] == [(term["startedAt"], term["finishedAt"])]
+    # The pod is deleted: the record (results and cost) stands.
+    kube.delete("v1", "Pod", ns, pod["metadata"]["name"], grace_seconds=0)
+    wait_until(lambda: kube.get("v1", "Pod", ns, pod["metadata"]["name"]) is None, 30, "pod deleted")
+    # Nothing marks "the operator saw the deletion" when nothing changes, so watch for a while: the pod's
+    # DELETED event is handled within a second or two; without the ledger it turned into Failed/NoResult.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        later = ev_status(ns, "e")
+        assert later["phase"] == "Succeeded" and later["cost"]["usd"] == st["cost"]["usd"]
+        assert later["results"] == st["results"] and later["attempts"] == st["attempts"]
+        time.sleep(0.5)
 
 
 def test_failed_thresholds_are_named_in_the_passed_condition(ns, operator, kubelet):

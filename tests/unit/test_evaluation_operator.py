@@ -14,7 +14,9 @@ from llmforge.api.contract import EvalResult, encode_result
 from llmforge.api.evaluation import EvalResults, EvaluationSpec, Sample
 from llmforge.builders import BUILDERS, render_children
 from llmforge.builders import evaluation as B
+from llmforge.pricing import DEFAULT_PRICES
 from llmforge.settings import Settings
+from llmforge.status.attempts import Placement
 from llmforge.status.evaluation import compute_status
 
 SETTINGS = Settings()
@@ -224,3 +226,109 @@ def test_pod_contract_the_cli_reads_the_mounted_spec(tmp_path):
     assert meta["name"] == "e1"
     assert eval_cli.resolve_model(spec, None, None) == ("gs://b/runs/ftj/adapter", "meta-llama/Llama-3.1-8B-Instruct")
     assert spec.output.uri == "gs://b/runs/ftj/eval/e1/" and spec.thresholds["rougeL"].min == 0.4
+
+
+# ----------------------------------------------------------------------------------------------- cost
+
+
+L4 = Placement("nvidia-l4", 1, False)
+
+
+def timed_pod(uid, started, finished=None, message=None, disrupted=False):
+    """An eval pod as the kubelet reports it: container ``eval`` running since ``started``, or terminated."""
+    state = ({"terminated": {"exitCode": 0 if not disrupted else 143, "startedAt": started, "finishedAt": finished,
+                             **({"message": message} if message else {})}} if finished
+             else {"running": {"startedAt": started}})
+    phase = "Running" if not finished else ("Failed" if disrupted else "Succeeded")
+    conds = [{"type": "DisruptionTarget", "status": "True", "lastTransitionTime": finished}] if disrupted else []
+    return {"metadata": {"name": f"e1-eval-{uid}", "uid": uid, "ownerReferences": [{"uid": "j1"}],
+                         "creationTimestamp": started},
+            "spec": {"nodeName": "n1"},
+            "status": {"phase": phase, "startTime": started, "conditions": conds,
+                       "containerStatuses": [{"name": "eval", "state": state}]}}
+
+
+def test_eval_container_name_matches_the_builder():
+    from llmforge.status import evaluation as S
+
+    assert S.CONTAINER == B.CONTAINER
+
+
+def test_cost_accrues_while_running():
+    # Running since 16:30, now 17:00: 1800 s x 2 spot L4s at the built-in spot rate.
+    s = compute_status(ev(resources={"accelerator": "nvidia-l4", "count": 2, "spot": True}), ftj(), job(),
+                       [timed_pod("p1", "2026-11-26T16:30:00Z")], NOW,
+                       placement=Placement("nvidia-l4", 2, True), prices=DEFAULT_PRICES)
+    assert s["phase"] == "Running"
+    rate = DEFAULT_PRICES.rate("nvidia-l4", True)
+    assert s["cost"]["usd"] == pytest.approx(round(1800 / 3600 * 2 * rate, 4), abs=1e-9)
+    assert s["cost"]["usd"] > 0 and s["cost"]["usdPerHour"] == pytest.approx(2 * rate)
+    assert s["cost"]["gpuHours"] == 1.0 and s["cost"]["spot"] is True and s["cost"]["accelerator"] == "nvidia-l4"
+    assert s["attempts"] == [{"pod": "e1-eval-p1", "uid": "p1", "node": "n1", "startTime": "2026-11-26T16:30:00Z"}]
+
+
+def test_cost_is_final_from_container_times_over_every_attempt():
+    """A preempted attempt (10 min) then the one that finished (7 min 30 s): billed exactly, burn rate 0."""
+    msg = result({"rougeL": 0.6, "perplexity": 3.0}, {"rougeL": 0.2, "perplexity": 8.0})
+    pods = [timed_pod("p1", "2026-11-26T16:30:00Z", "2026-11-26T16:40:00Z", disrupted=True),
+            timed_pod("p2", "2026-11-26T16:47:30Z", "2026-11-26T16:55:00Z", message=msg)]
+    s = compute_status(ev(), ftj(), job("Complete"), pods, NOW, job_name="e1-eval", placement=L4,
+                       prices=DEFAULT_PRICES)
+    assert s["phase"] == "Succeeded"
+    seconds = 600 + 450
+    assert s["cost"]["usd"] == pytest.approx(round(seconds / 3600 * 0.854, 4), abs=1e-9)  # 0.2491
+    assert s["cost"]["gpuHours"] == pytest.approx(round(seconds / 3600, 4), abs=1e-9)
+    assert s["cost"]["usdPerHour"] == 0.0 and s["cost"]["ratePerGpuHour"] == 0.854
+    assert [(a["uid"], a["reason"], a.get("endTime")) for a in s["attempts"]] == [
+        ("p1", "DisruptionTarget", "2026-11-26T16:40:00Z"), ("p2", "Completed", "2026-11-26T16:55:00Z")]
+    # Later, with NOW an hour on, the same pods cost the same: ended attempts do not accrue.
+    later = compute_status({**ev(), "status": s}, ftj(), job("Complete"), pods, NOW.replace(hour=18),
+                           job_name="e1-eval", placement=L4, prices=DEFAULT_PRICES)
+    assert later["cost"]["usd"] == s["cost"]["usd"]
+
+
+def test_cost_and_results_survive_pod_deletion():
+    msg = result({"rougeL": 0.6, "perplexity": 3.0}, {"rougeL": 0.2, "perplexity": 8.0})
+    running = compute_status(ev(), ftj(), job(), [timed_pod("p1", "2026-11-26T16:30:00Z")], NOW, job_name="e1-eval",
+                             placement=L4, prices=DEFAULT_PRICES)
+    # The node vanishes with the pod mid-run: the attempt ends when it was last missed (20 min on), the
+    # replacement pod runs 16:52-16:55; both are billed.
+    missed = NOW.replace(hour=16, minute=50)
+    gone = compute_status({**ev(), "status": running}, ftj(), job(), [], missed, job_name="e1-eval",
+                          placement=L4, prices=DEFAULT_PRICES)
+    assert gone["attempts"][0]["endTime"] == "2026-11-26T16:50:00Z" and gone["attempts"][0]["reason"] == "PodGone"
+    done = compute_status({**ev(), "status": gone}, ftj(), job("Complete"),
+                          [timed_pod("p2", "2026-11-26T16:52:00Z", "2026-11-26T16:55:00Z", message=msg)], NOW,
+                          job_name="e1-eval", placement=L4, prices=DEFAULT_PRICES)
+    assert done["phase"] == "Succeeded" and len(done["attempts"]) == 2
+    assert done["cost"]["usd"] == pytest.approx(round((1200 + 180) / 3600 * 0.854, 4), abs=1e-9)
+    # Then every pod is deleted (TTL, a person): the record stands instead of turning into "no result".
+    after = compute_status({**ev(), "status": done}, ftj(), job("Complete"), [], NOW.replace(hour=18),
+                           job_name="e1-eval", placement=L4, prices=DEFAULT_PRICES)
+    assert after["phase"] == "Succeeded" and after["passed"] is True
+    assert after["cost"] == done["cost"] and after["results"] == done["results"]
+
+
+def test_no_cost_without_placement_and_status_fits_crd_model():
+    from llmforge.api.evaluation import EvaluationStatus
+
+    pods = [timed_pod("p1", "2026-11-26T16:30:00Z")]
+    assert "cost" not in compute_status(ev(), ftj(), job(), pods, NOW)
+    s = compute_status(ev(), ftj(), job(), pods, NOW, placement=L4, prices=DEFAULT_PRICES)
+    parsed = EvaluationStatus.model_validate(s)
+    assert parsed.cost.usd == s["cost"]["usd"] > 0 and parsed.attempts[0].uid == "p1"
+
+
+def test_controller_placement_follows_the_resolved_model_then_the_recorded_cost():
+    from llmforge.controllers.evaluation import placement
+
+    model = B.resolve(ev(resources={"accelerator": "auto", "count": 2, "spot": True}), ftj(accelerator="nvidia-l4"))
+    r = ev(resources={"accelerator": "auto", "count": 2, "spot": True})
+    assert placement(r, model) == Placement("nvidia-l4", 2, True)
+    # The FineTuneJob is gone after the Job was created: the accelerator already billed is kept.
+    r["status"] = {"cost": {"accelerator": "nvidia-tesla-t4"}}
+    assert placement(r, None) == Placement("nvidia-tesla-t4", 2, True)
+    assert placement(ev(), None) is None
+    cpu = B.resolve(ev(model={"adapterUri": "gs://b/a", "baseModel": {"uri": "gs://b/base"}},
+                       output={"uri": "gs://b/o/"}, resources={"accelerator": "cpu"}))
+    assert placement(ev(resources={"accelerator": "cpu"}), cpu) == Placement("cpu", 1, False)

@@ -167,6 +167,26 @@ class Cost(StatusModel):
     """When the cost was last computed (RFC 3339)."""
 
 
+class PodAttempt(StatusModel):
+    """One pod of the work Job (trainer or eval), kept after the pod is gone so cost and restarts survive
+    preemption."""
+
+    pod: str
+    """Pod name."""
+    uid: str
+    """Pod UID."""
+    node: str | None = None
+    """Node it ran on."""
+    start_time: str | None = None
+    """When its container started (RFC 3339); unset while it waits for a node."""
+    end_time: str | None = None
+    """When it ended (RFC 3339); unset while it runs."""
+    exit_code: int | None = None
+    """Exit code of the trainer or eval container."""
+    reason: str | None = None
+    """Why it ended, e.g. Completed, Error, DisruptionTarget."""
+
+
 class MlflowStatus(StatusModel):
     """The MLflow run that tracks this work."""
 

@@ -13,6 +13,7 @@ from .common import (
     Failure,
     LocalRef,
     MlflowStatus,
+    PodAttempt,
     Resources,
     Rule,
     StatusModel,
@@ -103,8 +104,9 @@ class Generation(ApiModel):
     """0 = greedy (deterministic)."""
     stop: list[str] = Field(default_factory=list, max_length=16)
     """Stop strings."""
-    batch_size: int = Field(default=8, ge=1, le=1024)
-    """Samples per generation batch."""
+    batch_size: int = Field(default=32, ge=1, le=1024)
+    """Samples per generation and perplexity batch. 32 meets the >= 5x batched speed-up goal (docs/benchmarks.md)
+    and fits an 8B 4-bit model on a 24 GB L4; lower it for long prompts or references (docs/evaluation.md)."""
 
 
 class EvalOutput(ApiModel):
@@ -207,6 +209,8 @@ class EvaluationStatus(CommonStatus):
     """Start."""
     completion_time: str | None = None
     """End."""
+    attempts: list[PodAttempt] | None = None
+    """Every eval pod so far, with its billed span (status.cost sums these; kept when the pods are gone)."""
     mlflow: MlflowStatus | None = None
     """Tracking run."""
     failure: Failure | None = None

@@ -15,6 +15,7 @@ from .common import (
     CommonStatus,
     Failure,
     MlflowStatus,
+    PodAttempt,
     Resources,
     Rule,
     StatusModel,
@@ -261,25 +262,6 @@ class DataStats(StatusModel):
     """Exact duplicates dropped."""
     over_length: int | None = None
     """Examples longer than maxSeqLength."""
-
-
-class PodAttempt(StatusModel):
-    """One trainer pod, kept after the pod is gone so cost and restarts survive preemption."""
-
-    pod: str
-    """Pod name."""
-    uid: str
-    """Pod UID."""
-    node: str | None = None
-    """Node it ran on."""
-    start_time: str | None = None
-    """When its container started (RFC 3339); unset while it waits for a node."""
-    end_time: str | None = None
-    """When it ended (RFC 3339); unset while it runs."""
-    exit_code: int | None = None
-    """Trainer exit code."""
-    reason: str | None = None
-    """Why it ended, e.g. Completed, Error, DisruptionTarget."""
 
 
 class FineTuneJobStatus(CommonStatus):

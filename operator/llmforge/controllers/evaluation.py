@@ -2,10 +2,13 @@
 
 Entry points share one level-based ``sync``: the create/update/resume handler (after admission), watches on
 the Jobs and Pods we own (label-filtered), and a loop that re-checks every Evaluation in ``WaitingForModel``
-(so one waiting for its FineTuneJob starts when that Succeeds, and fails when it Fails). A loop, not a kopf
+(so one waiting for its FineTuneJob starts when that Succeeds, and fails when it Fails) and every ``Running``
+one (so ``status.cost`` accrues while the pod works without sending events). A loop, not a kopf
 watch on FineTuneJobs: an extra event handler on that kind made the FineTuneJob controller's own phase
-events flaky in the k8s tests, and the FineTuneJob controller already polls for the same reason. ``sync`` reads the FineTuneJob, the Job and the Pods each time and recomputes the whole
-status; the Job is created only while the Evaluation is not finished and its model is ready.
+events flaky in the k8s tests, and the FineTuneJob controller already polls for the same reason. ``sync``
+reads the FineTuneJob, the Job and the Pods each time and recomputes the whole status; the Job is created
+only while the Evaluation is not finished and its model is ready. Prices come from the shared
+``pricingcache`` (the cluster's pricing ConfigMap), as for FineTuneJobs.
 """
 
 from __future__ import annotations
@@ -18,20 +21,25 @@ import kopf
 from kubernetes.client.rest import ApiException
 
 from .. import GROUP, VERSION, kube
+from ..api.evaluation import Evaluation
 from ..builders.common import MANAGED_BY, MANAGED_BY_LABEL
-from ..builders.evaluation import EVAL_LABEL, build_configmap, build_job, job_name, resolve
+from ..builders.evaluation import EVAL_LABEL, ResolvedModel, build_configmap, build_job, job_name, resolve
 from ..settings import Settings
+from ..status.attempts import Placement
 from ..status.conditions import set_condition
 from ..status.evaluation import compute_status, reference_state
 from .metrics import PHASES, instrumented
+from .pricingcache import prices
 
 KIND, PLURAL, API_VERSION = "Evaluation", "evaluations", f"{GROUP}/{VERSION}"
 FTJ_KIND = "FineTuneJob"
 TERMINAL = ("Succeeded", "Failed")
 
 _locks: dict[tuple[str, str], asyncio.Lock] = {}
-#: Evaluations waiting for their model, re-checked by waiting_loop.
+#: Evaluations waiting for their model, re-checked by status_loop.
 _waiting: set[tuple[str, str]] = set()
+#: Evaluations with a running eval pod: status_loop re-syncs them so status.cost accrues between pod events.
+_running: set[tuple[str, str]] = set()
 
 
 def _settings() -> Settings:
@@ -45,7 +53,18 @@ def _finished(job: dict[str, Any]) -> bool:
                for c in job.get("status", {}).get("conditions") or [])
 
 
-def sync(resource: dict[str, Any], settings: Settings, *, apply_children: bool) -> dict[str, Any]:
+def placement(resource: dict[str, Any], model: ResolvedModel | None) -> Placement | None:
+    """What the eval pod requests, for its cost: the resolved accelerator (``auto`` resolved as the builder did),
+    else the one already in status.cost (the FineTuneJob may be gone once the Job exists). None: not known yet."""
+    res = Evaluation.model_validate({"spec": resource.get("spec") or {}}).spec.resources
+    accelerator = model.accelerator if model else ((resource.get("status") or {}).get("cost") or {}).get("accelerator")
+    if not accelerator:
+        return None
+    return Placement(accelerator, 1 if accelerator == "cpu" else res.count, res.spot)
+
+
+def sync(resource: dict[str, Any], settings: Settings, *, apply_children: bool,
+         logger: Any = None) -> dict[str, Any]:
     """Create what is missing (once the model is ready), mirror spec.suspend, observe, return the status."""
     meta, spec = resource["metadata"], resource.get("spec") or {}
     ns, name = meta["namespace"], meta["name"]
@@ -55,9 +74,9 @@ def sync(resource: dict[str, Any], settings: Settings, *, apply_children: bool) 
     jname = job_name(name)
     job = kube.get("batch/v1", "Job", ns, jname)
     state, _, _ = reference_state(spec, ftj)
+    model = resolve(resource, ftj) if state == "ready" else None
     adapter_uri = old.get("adapterUri")
-    if job is None and apply_children and state == "ready" and old.get("phase") not in TERMINAL:
-        model = resolve(resource, ftj)
+    if job is None and apply_children and model is not None and old.get("phase") not in TERMINAL:
         kube.apply(build_configmap(resource, model), settings.field_manager)
         job = kube.apply(build_job(resource, settings, model), settings.field_manager)
         adapter_uri = model.adapter_uri
@@ -69,7 +88,8 @@ def sync(resource: dict[str, Any], settings: Settings, *, apply_children: bool) 
         uid = job["metadata"].get("uid")
         pods = [p for p in kube.list_("v1", "Pod", ns, f"{EVAL_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY}")
                 if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])]
-    return compute_status(resource, ftj, job, pods, datetime.now(UTC), job_name=jname, adapter_uri=adapter_uri)
+    return compute_status(resource, ftj, job, pods, datetime.now(UTC), job_name=jname, adapter_uri=adapter_uri,
+                          placement=placement(resource, model), prices=prices(settings, logger))
 
 
 def _with_removals(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -127,7 +147,7 @@ async def reconcile(model: Any, body: kopf.Body, patch: kopf.Patch, logger: Any,
     meta = resource["metadata"]
     async with _lock(meta["namespace"], meta["name"]):
         try:
-            status = await asyncio.to_thread(sync, resource, _settings(), apply_children=True)
+            status = await asyncio.to_thread(sync, resource, _settings(), apply_children=True, logger=logger)
         except ValueError as exc:  # accepted by the schema, but no Job can be built from it
             conds = set_condition(resource["status"]["conditions"], "Validated", False, "InvalidSpec", str(exc),
                                   meta.get("generation"))
@@ -148,10 +168,11 @@ async def refresh(namespace: str, name: str, logger: Any) -> None:
             current = await asyncio.to_thread(kube.get, API_VERSION, KIND, namespace, name)
             if current is None or current.get("metadata", {}).get("deletionTimestamp"):
                 _waiting.discard((namespace, name))
+                _running.discard((namespace, name))
                 return
             if _validated(current) is not True:
                 return
-            status = await asyncio.to_thread(sync, current, _settings(), apply_children=True)
+            status = await asyncio.to_thread(sync, current, _settings(), apply_children=True, logger=logger)
             await asyncio.to_thread(kube.patch_status, API_VERSION, KIND, namespace, name,
                                     _with_removals(current.get("status") or {}, status))
         except ApiException as exc:
@@ -166,19 +187,20 @@ async def refresh(namespace: str, name: str, logger: Any) -> None:
 
 
 def _track(namespace: str, name: str, status: dict[str, Any]) -> None:
-    if status.get("phase") == "WaitingForModel":
-        _waiting.add((namespace, name))
-    else:
-        _waiting.discard((namespace, name))
+    key = (namespace, name)
+    phase = status.get("phase")
+    (_waiting.add if phase == "WaitingForModel" else _waiting.discard)(key)
+    (_running.add if phase == "Running" else _running.discard)(key)
 
 
-async def waiting_loop(interval: float, logger: Any) -> None:
-    """Every interval: re-sync each Evaluation waiting for its model (creates the Job once it is ready)."""
+async def status_loop(interval: float, logger: Any) -> None:
+    """Every interval: re-sync each Evaluation waiting for its model (creates the Job once it is ready) and
+    each running one (a running pod sends no event while it works, but its cost grows)."""
     while True:
         await asyncio.sleep(interval)
-        for ns, name in list(_waiting):
+        for ns, name in list(_waiting) + list(_running):
             try:
-                await instrumented(KIND, "model")(refresh)(ns, name, logger)
+                await instrumented(KIND, "status")(refresh)(ns, name, logger)
             except Exception as exc:  # noqa: BLE001 (one bad object must not stop the loop)
                 logger.warning(f"Evaluation {ns}/{name}: refresh failed: {exc}")
 
@@ -191,7 +213,7 @@ async def child_changed(namespace: str, labels: dict[str, str], logger: Any, **_
 
 
 def register(settings: Settings) -> None:
-    """Register the reconciler, label-filtered child watches, and the waiting-for-model loop."""
+    """Register the reconciler, label-filtered child watches, and the loop for waiting and running Evaluations."""
     from .handlers import RECONCILERS
 
     RECONCILERS[KIND] = reconcile
@@ -202,9 +224,12 @@ def register(settings: Settings) -> None:
         instrumented(KIND, "child")(child_changed))
     tasks: list[asyncio.Task] = []
 
+    # The waiting check and cost accrual share one loop, at the faster of the two intervals.
+    interval = min(settings.progress_interval_seconds, settings.cost_interval_seconds)
+
     @kopf.on.startup(id="evaluations-waiting-loop")
     async def _start_loop(logger: Any, **_: Any) -> None:
-        tasks.append(asyncio.create_task(waiting_loop(settings.progress_interval_seconds, logger)))
+        tasks.append(asyncio.create_task(status_loop(interval, logger)))
 
     @kopf.on.cleanup(id="evaluations-waiting-loop-stop")
     async def _stop_loop(**_: Any) -> None:

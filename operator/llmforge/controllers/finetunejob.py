@@ -25,7 +25,6 @@ from ..api.finetunejob import FineTuneJob
 from ..builders.common import MANAGED_BY, MANAGED_BY_LABEL
 from ..builders.finetunejob import FTJ_LABEL, build_configmap, build_job, job_name
 from ..estimate import check_fit
-from ..pricing import DEFAULT_PRICES, PriceTable, load_prices
 from ..settings import Settings
 from ..status.conditions import set_condition
 from ..status.finetunejob import (
@@ -37,11 +36,11 @@ from ..status.finetunejob import (
 )
 from .cache import Children, Latest
 from .metrics import PHASES, instrumented
+from .pricingcache import prices, prices_fresh
 
 KIND, PLURAL, API_VERSION = "FineTuneJob", "finetunejobs", f"{GROUP}/{VERSION}"
 TERMINAL = ("Succeeded", "Failed")
 PROGRESS_TIMEOUT_SECONDS = 1.5
-PRICES_TTL_SECONDS = 60.0
 
 #: Pending jobs are re-read every this many status-loop ticks.
 PENDING_EVERY = 2
@@ -65,7 +64,6 @@ _loop: list[asyncio.Task] = []
 _loop_interval = [15.0]
 LOG = logging.getLogger("llmforge.finetunejob")
 _ftjs, _jobs, _pods = Latest(), Latest(), Children()
-_prices: tuple[float, PriceTable] | None = None
 
 
 def _settings() -> Settings:
@@ -84,28 +82,6 @@ def fetch_progress(url: str, timeout: float = PROGRESS_TIMEOUT_SECONDS) -> dict[
             return parse_progress(resp.read(1 << 20).decode("utf-8", "replace")) or None
     except (OSError, ValueError):
         return None
-
-
-def _prices_fresh() -> bool:
-    return _prices is not None and time.monotonic() - _prices[0] < PRICES_TTL_SECONDS
-
-
-def prices(settings: Settings, logger: Any = None) -> PriceTable:
-    """The ConfigMap's prices.yaml over the built-in table, cached for a minute; defaults on any error."""
-    global _prices
-    now = time.monotonic()
-    if _prices and now - _prices[0] < PRICES_TTL_SECONDS:
-        return _prices[1]
-    table = DEFAULT_PRICES
-    try:
-        cm = kube.get("v1", "ConfigMap", settings.operator_namespace, settings.pricing_configmap)
-        if cm:
-            table = load_prices((cm.get("data") or {}).get("prices.yaml"))
-    except (ApiException, ValueError, OSError) as exc:
-        if logger:
-            logger.warning(f"pricing ConfigMap ignored, using built-in prices: {exc}")
-    _prices = (now, table)
-    return table
 
 
 def _model(resource: dict[str, Any]) -> FineTuneJob:
@@ -191,7 +167,7 @@ async def sync(resource: dict[str, Any], settings: Settings, *, apply_children: 
             ip = running[0]["status"]["podIP"]
             progress = await asyncio.to_thread(fetch_progress,
                                                f"http://{ip}:{settings.trainer_metrics_port}/metrics")
-    table = prices(settings, logger) if _prices_fresh() else await asyncio.to_thread(prices, settings, logger)
+    table = prices(settings, logger) if prices_fresh() else await asyncio.to_thread(prices, settings, logger)
     status = compute_status(resource, job, pods, placement, table, datetime.now(UTC),
                             progress=progress, estimate=fit.status(), job_name=jname, create_error=create_error)
     if budget_stopped(status) and job is not None and not job.get("spec", {}).get("suspend") and not _finished(job):

@@ -34,7 +34,7 @@ from ..status.conditions import get_condition
 from ..status.modeldeployment import CostInputs, ObservedVariant, compute_status, parse_iso, rolled_out
 from ..status.servingmetrics import PodMetrics, aggregate, loaded_adapters, parse_metrics
 from . import run
-from .finetunejob import prices
+from .pricingcache import prices
 
 
 class Kube:

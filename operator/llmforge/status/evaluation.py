@@ -6,6 +6,10 @@ Level-based and pure: ``compute_status`` gets whatever is observed now and retur
 * The FineTuneJob Failed -> ``Failed`` with reason ``ModelFailed`` and its failure.
 * Then the Job: absent -> Pending; suspended -> Suspended; a running pod -> Running; Complete -> Succeeded with
   results, samples, reportUri and the gate; Failed -> Failed with the pod's ``EvalResult`` reason/message.
+* ``attempts`` and ``cost``: the eval pods' ledger and its price (``status.attempts``, shared with FineTuneJob),
+  accrued while a pod runs and final once the pods' container timestamps say they ended; kept after the pods
+  and the Job are gone.
+* Once Succeeded or Failed with its pods or Job since deleted, the last status stands (as for FineTuneJobs).
 * The gate is recomputed from ``spec.thresholds`` and the results with ``api.gate.check_thresholds`` (the
   function llmforge-eval uses), so ``Passed`` and ``failedThresholds`` always match the observed generation.
 """
@@ -20,9 +24,14 @@ from pydantic import ValidationError
 
 from ..api.contract import EvalResult
 from ..api.gate import check_thresholds
+from ..pricing import PriceTable
+from .attempts import Placement, cost_status, merge_attempts
 from .conditions import set_condition
 
 WAITING = "WaitingForModel"
+#: The eval Job's container (builders.evaluation.CONTAINER; status may not import builders): its
+#: startedAt/finishedAt bound each attempt's billed span.
+CONTAINER = "eval"
 
 
 def parse_result(message: str | None) -> EvalResult | None:
@@ -84,11 +93,19 @@ def reference_state(spec: dict[str, Any], finetunejob: dict[str, Any] | None) ->
 
 def compute_status(resource: dict[str, Any], finetunejob: dict[str, Any] | None, job: dict[str, Any] | None,
                    pods: list[dict[str, Any]], now: datetime, job_name: str | None = None,
-                   adapter_uri: str | None = None) -> dict[str, Any]:
-    """The whole status of a validated Evaluation from the observed FineTuneJob, Job and Pods."""
+                   adapter_uri: str | None = None, placement: Placement | None = None,
+                   prices: PriceTable | None = None) -> dict[str, Any]:
+    """The whole status of a validated Evaluation from the observed FineTuneJob, Job and Pods.
+
+    ``status.cost`` needs ``placement`` (the accelerator the eval Job requested) and ``prices``; without them
+    only the attempts are recorded."""
     old = dict(resource.get("status") or {})
     spec = resource.get("spec") or {}
     gen = resource.get("metadata", {}).get("generation")
+    if old.get("phase") in ("Succeeded", "Failed") and old.get("jobName") and (job is None or not pods):
+        # Finished, and its pods (or Job) have since been deleted by a person, a TTL or node GC: the record
+        # stands, cost included. Recomputing would read "no result" as a failure and clear the results.
+        return {**old, "observedGeneration": gen}
     conds = list(old.get("conditions") or [])
     out: dict[str, Any] = {"observedGeneration": gen, "model": model_summary(spec)}
     if adapter_uri:
@@ -141,6 +158,14 @@ def compute_status(resource: dict[str, Any], finetunejob: dict[str, Any] | None,
         out["startTime"] = start
     if completion and phase in ("Succeeded", "Failed"):
         out["completionTime"] = completion
+
+    attempts = merge_attempts(old.get("attempts"), pods, now, CONTAINER)
+    if attempts:
+        out["attempts"] = attempts
+    if placement is not None and prices is not None:
+        # Burn rate only while Running: a finished or suspended Evaluation spends nothing more.
+        out["cost"] = cost_status(attempts, placement.accelerator, placement.count, placement.spot, prices, now,
+                                  running=phase == "Running")
 
     if phase == "Succeeded" and result is not None:
         if result.results is not None:
