@@ -64,7 +64,7 @@ def test_dockerfile_shape():
     assert instruction("ENTRYPOINT") == ["llmforge-train"]
     froms = re.findall(r"^FROM (\S+)", text, re.M)
     assert froms and all(":" in f and not f.endswith(":latest") for f in froms)  # pinned tags
-    assert re.search(r"^USER 10001$", text, re.M)  # non-root
+    assert re.search(r"^USER 10001:10001$", text, re.M)  # non-root (tests/unit/test_image_uid.py: same everywhere)
     assert "flash-attn==" in text
     for src in re.findall(r"^COPY (?!--from)(\S+) ", text, re.M):
         assert (REPO / src).exists(), src
