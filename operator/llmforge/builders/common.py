@@ -121,6 +121,11 @@ def metadata(resource: dict[str, Any], name: str, labels_: dict[str, str]) -> di
     return out
 
 
+def workload_env(settings: Any) -> list[dict[str, str]]:
+    """The operator-wide extra env (Settings.workload_env, NAME=VALUE) as EnvVars, appended after ours."""
+    return [{"name": n, "value": v} for n, _, v in (item.partition("=") for item in settings.workload_env)]
+
+
 def pod_security_context() -> dict[str, Any]:
     return {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER, "fsGroup": RUN_AS_USER,
             "seccompProfile": {"type": "RuntimeDefault"}}
