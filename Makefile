@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HOME := $(LLMFORGE_CACHE)/hf
 
-.PHONY: setup setup-python setup-k8s test test-unit test-k8s test-ml test-vllm crds docs chart lint demo cluster-up cluster-down bench
+.PHONY: setup setup-python setup-k8s test test-unit test-k8s test-ml test-vllm crds docs chart lint demo demo-kind cluster-up cluster-down bench
 
 # The Go build is CPU-bound and the venv build network-bound: run them side by side.
 setup:
@@ -52,8 +52,9 @@ chart: setup-python
 	@$(PY) scripts/chartgen.py
 
 lint: setup-python
-	@$(PY) -m ruff check operator trainer-image server-image tests bench
+	@$(PY) -m ruff check operator trainer-image server-image tests bench scripts
 	@$(VENV)/bin/hadolint operator/Dockerfile trainer-image/Dockerfile server-image/Dockerfile
+	@$(VENV)/bin/shellcheck scripts/*.sh
 	@$(VENV)/bin/lint-imports
 
 cluster-up: setup
@@ -64,6 +65,11 @@ cluster-down: setup-python
 
 demo: setup
 	@$(PY) -m llmforge.devcluster.demo
+
+# The same flow on a kind cluster with CPU builds of the three images and the Helm chart (needs Docker, kind,
+# kubectl, helm; not runnable on the development machines, which have no Docker engine).
+demo-kind:
+	@bash scripts/demo-kind.sh
 
 bench: setup
 	@$(PY) bench/train_throughput.py

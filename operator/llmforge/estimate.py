@@ -3,10 +3,17 @@
     total = weights + lora + optimizer + activations + logits + overhead      (GiB, per GPU)
 
 * weights: quantised linear layers at 0.5 byte/param (NF4) plus their constants (0.127 bit/param with
-  double quantisation, 0.5 without); embeddings and the LM head stay bf16 (bitsandbytes leaves them).
-  8-bit: 1 byte/param; method lora: 2 bytes/param. With count > 1 the launcher shards them (FSDP).
-* lora: r x (in + out) per adapted projection per layer, fp32 weights and grads (8 bytes/param).
-* optimizer: Adam states, 8 bytes/param (32-bit) or 2 (8-bit), over the LoRA parameters.
+  double quantisation, 0.5 without). Everything bitsandbytes leaves unquantised (embeddings, LM head, norms)
+  is cast to fp32 (4 bytes/param) by peft's ``prepare_model_for_kbit_training``, which the trainer calls for
+  every qlora run (+2 GiB for Llama 3.1 8B's 128k-vocab embedding and head). 8-bit: 1 byte/param plus the
+  same fp32 rest; method lora: 2 bytes/param throughout (bf16, no k-bit preparation). With count > 1 the
+  launcher shards them (FSDP).
+* lora: r x (in + out) per adapted projection per layer, weight + gradient in the adapter's dtype: bf16
+  (4 bytes/param) for qlora, because trl's SFTTrainer casts a quantised model's trainable parameters to bf16;
+  fp32 (8 bytes/param) for lora, where peft's ``autocast_adapter_dtype`` upcasts them and nothing casts back.
+* optimizer: Adam's two states per LoRA parameter: 1 byte each for the 8-bit optimizers, 4 for bitsandbytes'
+  32-bit one (its states are fp32 whatever the parameter), and the parameter's own dtype for ``adamw_torch``
+  (``zeros_like``).
 * activations, per token of the per-device batch: with gradient checkpointing one bf16 hidden state per
   layer plus one layer's working set; without, every layer's working set.
 * logits: the loss upcasts [tokens x vocab] logits to fp32 and keeps their gradient (16 bytes/token/vocab).
@@ -164,6 +171,17 @@ def lora_params(shape: ModelShape, r: int, targets: list[str]) -> int:
     return shape.layers * sum(r * (projections[t][0] + projections[t][1]) for t in chosen)
 
 
+def param_bytes(method: str) -> tuple[int, int]:
+    """(bytes per unquantised frozen parameter, bytes per LoRA parameter) as the trainer leaves them.
+
+    qlora: ``prepare_model_for_kbit_training`` casts every bf16/fp16 parameter that is not 4-bit/int8
+    (embeddings, LM head, norms) to fp32, and trl's SFTTrainer casts a quantised model's adapter to bf16.
+    lora: the base loads in bf16 and is not prepared; peft upcasts the adapter to fp32. A test in the ml tier
+    (tests/trainer/test_estimate_dtypes_ml.py) checks these against the trainer's real model.
+    """
+    return (4, 2) if method == "qlora" else (2, 4)
+
+
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Per-GPU GiB by component; total is what is compared against the GPU."""
@@ -195,9 +213,10 @@ def estimate_memory(shape: ModelShape, *, method: str = "qlora", bits: int = 4, 
         per_param = bits / 8 + const_bits / 8
     else:
         per_param = 2.0
-    frozen = shape.linear_params * per_param + (shape.params - shape.linear_params) * 2
+    rest_bytes, lora_bytes = param_bytes(method)
+    frozen = shape.linear_params * per_param + (shape.params - shape.linear_params) * rest_bytes
     n_lora = lora_params(shape, r, targets or ["all-linear"])
-    opt_bytes = 2 if "8bit" in optimizer else 8
+    opt_bytes = 2 if "8bit" in optimizer else 8 if optimizer == "paged_adamw_32bit" else 2 * lora_bytes
     tokens = seq_len * batch_size
     layer_ws = tokens * (LAYER_BYTES_PER_HIDDEN * shape.hidden + LAYER_BYTES_PER_INTERMEDIATE * shape.intermediate)
     if gradient_checkpointing:
@@ -206,7 +225,7 @@ def estimate_memory(shape: ModelShape, *, method: str = "qlora", bits: int = 4, 
         activations = shape.layers * layer_ws
     logits = tokens * shape.vocab * LOGIT_BYTES
     shard = max(1, gpus)
-    weights, lora, opt = frozen / shard / GIB, n_lora * 8 / shard / GIB, n_lora * opt_bytes / shard / GIB
+    weights, lora, opt = frozen / shard / GIB, n_lora * 2 * lora_bytes / shard / GIB, n_lora * opt_bytes / shard / GIB
     act, lg = activations / GIB, logits / GIB
     overhead = OVERHEAD_GIB + FRAGMENTATION * (weights + lora + opt + act + lg)
     return MemoryEstimate(weights, lora, opt, act, lg, overhead, shape.params)

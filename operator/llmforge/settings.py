@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class Settings(BaseModel):
@@ -59,6 +60,20 @@ class Settings(BaseModel):
     {name}. Tests point it at a stand-in server; in a cluster keep the default."""
     serving_http_timeout_seconds: float = Field(default=3.0, gt=0)
     """Timeout for one /metrics or /v1/models request to a serving pod (seconds)."""
+    workload_env: list[str] = Field(default_factory=list)
+    """Extra NAME=VALUE environment variables for every container the operator creates (trainer and
+    evaluation Jobs, vLLM Deployments), after the operator's own. For clusters without Google storage:
+    `make demo-kind` points the trainer and server at an in-cluster fake-gcs-server with
+    STORAGE_EMULATOR_HOST. Comma-separated in LLMFORGE_WORKLOAD_ENV, so values cannot contain commas."""
+
+    @field_validator("workload_env")
+    @classmethod
+    def _name_equals_value(cls, items: list[str]) -> list[str]:
+        for item in items:
+            name, eq, _ = item.partition("=")
+            if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{item!r} is not NAME=VALUE")
+        return items
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

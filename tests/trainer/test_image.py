@@ -29,6 +29,14 @@ def instruction(name: str) -> list[str]:
     return json.loads(lines[0][len(name) + 1:])
 
 
+def resolve_args(value: str, text: str) -> str:
+    """Expand ${NAME} with the defaults of the Dockerfile's ARG NAME=default lines (as a plain build does)."""
+    defaults = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
+    for _ in range(5):
+        value = re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m.group(1), m.group(0)), value)
+    return value
+
+
 def entrypoint_shim(tmp_path: Path) -> Path:
     """A bin/ dir with the image's entrypoint command, generated from pyproject's console-script table."""
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
@@ -62,9 +70,12 @@ def test_hadolint_clean():
 def test_dockerfile_shape():
     text = DOCKERFILE.read_text()
     assert instruction("ENTRYPOINT") == ["llmforge-train"]
-    froms = re.findall(r"^FROM (\S+)", text, re.M)
-    assert froms and all(":" in f and not f.endswith(":latest") for f in froms)  # pinned tags
-    assert re.search(r"^USER 10001$", text, re.M)  # non-root
+    froms = [resolve_args(f, text) for f in re.findall(r"^FROM (\S+)", text, re.M)]
+    assert froms and all(":" in f and not f.endswith(":latest") and "$" not in f for f in froms)  # pinned tags
+    # The default build is the CUDA one; the CPU variant (make demo-kind) only swaps bases by build-arg.
+    assert [f.split(" ")[0] for f in froms] == ["pytorch/pytorch:2.13.0-cuda13.0-cudnn9-devel",
+                                                "pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime"]
+    assert re.search(r"^USER 10001:10001$", text, re.M)  # non-root (tests/unit/test_image_uid.py: same everywhere)
     assert "flash-attn==" in text
     for src in re.findall(r"^COPY (?!--from)(\S+) ", text, re.M):
         assert (REPO / src).exists(), src

@@ -139,3 +139,27 @@ def test_price_override():
     for bad in ("accelerators: {nvidia-l4: 3}", "accelerators: {nvidia-l4: {onDemand: x}}", "- 1"):
         with pytest.raises(ValueError):
             load_prices(bad)
+
+
+def test_kbit_preparation_puts_unquantised_params_in_fp32():
+    # prepare_model_for_kbit_training casts embeddings, LM head and norms to fp32 (issue #4): vocab x hidden x
+    # 2 matrices x 4 bytes. Llama 3.1 8B: 3.9 GiB, +2.0 over bf16; 70B: 7.8 GiB, +3.9.
+    for shape, fp32_gib in ((L8, 3.91), (L70, 7.83)):
+        q = estimate_memory(shape).weights
+        nf4_linear = shape.linear_params * (0.5 + 0.127 / 8) / GIB
+        assert q - nf4_linear == pytest.approx(fp32_gib, abs=0.01)
+        assert (shape.params - shape.linear_params) * 4 / GIB == pytest.approx(fp32_gib, abs=0.01)
+    # plain LoRA is not k-bit prepared: everything bf16.
+    assert estimate_memory(L8, method="lora").weights == pytest.approx(L8.params * 2 / GIB)
+
+
+def test_adapter_dtype_follows_the_trainer():
+    n = lora_params(L8, 16, ["all-linear"])
+    # qlora: trl casts the adapter to bf16 (weight + grad 4 bytes); lora: peft keeps it fp32 (8 bytes).
+    assert estimate_memory(L8).lora == pytest.approx(n * 4 / GIB)
+    assert estimate_memory(L8, method="lora").lora == pytest.approx(n * 8 / GIB)
+    # Adam states: 8-bit 2 bytes, bitsandbytes 32-bit fp32 8 bytes, torch AdamW the parameter's dtype x 2.
+    assert estimate_memory(L8).optimizer == pytest.approx(n * 2 / GIB)
+    assert estimate_memory(L8, optimizer="paged_adamw_32bit").optimizer == pytest.approx(n * 8 / GIB)
+    assert estimate_memory(L8, optimizer="adamw_torch").optimizer == pytest.approx(n * 4 / GIB)
+    assert estimate_memory(L8, method="lora", optimizer="adamw_torch").optimizer == pytest.approx(n * 8 / GIB)

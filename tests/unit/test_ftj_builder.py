@@ -178,3 +178,33 @@ def test_requests_fit_the_fake_gke_nodes():
     # The smallest L4 machine (g2-standard-8) leaves ~7.9 CPU and ~30 GiB allocatable.
     req = pod_requests("nvidia-l4", 1)
     assert int(req["cpu"]) <= 7 and int(req["memory"].removesuffix("Gi")) <= 30
+
+
+def test_workload_env_reaches_every_container_after_ours():
+    """LLMFORGE_WORKLOAD_ENV (NAME=VALUE, comma-separated) goes to trainer, evaluation and vLLM containers."""
+    from llmforge.api.modeldeployment import ModelDeployment
+    from llmforge.builders.evaluation import build_children as eval_children
+    from llmforge.builders.modeldeployment import ServingInputs
+    from llmforge.builders.modeldeployment import build_children as md_children
+
+    settings = Settings.from_env({"LLMFORGE_WORKLOAD_ENV": "STORAGE_EMULATOR_HOST=http://gcs:4443, A_B=x=y"})
+    extra = [{"name": "STORAGE_EMULATOR_HOST", "value": "http://gcs:4443"}, {"name": "A_B", "value": "x=y"}]
+    job = build_job(resource(), settings)
+    assert trainer(job)["env"][-2:] == extra
+    assert trainer(job)["env"][0]["name"] == "LLMFORGE_NAMESPACE"  # ours first, unchanged
+    ev = {"apiVersion": "llmforge.dev/v1alpha1", "kind": "Evaluation", "metadata": {"name": "e", "namespace": "n"},
+          "spec": {"model": {"baseModel": {"uri": "gs://b/m"}}, "dataset": {"uri": "gs://b/t.jsonl"},
+                   "output": {"uri": "gs://b/out/"}, "resources": {"accelerator": "cpu"}}}
+    eval_job = [c for c in eval_children(ev, settings, None) if c["kind"] == "Job"][0]
+    assert eval_job["spec"]["template"]["spec"]["containers"][0]["env"][-2:] == extra
+    md = ModelDeployment.model_validate({"metadata": {"name": "m", "namespace": "n"}, "spec": {
+        "model": {"baseModel": {"uri": "gs://b/m"}}, "resources": {"accelerator": "cpu"}}})
+    deps = [c for c in md_children(md, settings, ServingInputs()) if c["kind"] == "Deployment"]
+    assert deps and all(d["spec"]["template"]["spec"]["containers"][0]["env"][-2:] == extra for d in deps)
+    assert Settings().workload_env == [] and trainer(build_job(resource(), SETTINGS))["env"][-1]["name"] != "A_B"
+
+
+@pytest.mark.parametrize("bad", ["NOEQUALS", "1BAD=x", "=x"])
+def test_workload_env_rejects_what_is_not_name_equals_value(bad):
+    with pytest.raises(ValueError, match="LLMFORGE_WORKLOAD_ENV"):
+        Settings.from_env({"LLMFORGE_WORKLOAD_ENV": bad})

@@ -13,7 +13,9 @@ GPU_RESOURCE = "nvidia.com/gpu"
 RUNTIME_LABEL = "llmforge.dev/runtime"
 MANAGED_BY = "llmforge"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-RUN_AS_USER = 1000
+#: UID and GID of every pod we create: the `llmforge` user (10001) that all three images declare with USER,
+#: and the chart's operator pod uses; tests/unit/test_image_uid.py fails if any of them drifts.
+RUN_AS_USER = 10001
 
 #: accelerator -> GPUs per machine -> (machine type, vCPUs, memory GiB): the GKE shapes that carry them.
 MACHINE_SHAPES: dict[str, dict[int, tuple[str, int, int]]] = {
@@ -117,6 +119,11 @@ def metadata(resource: dict[str, Any], name: str, labels_: dict[str, str]) -> di
     if meta.get("uid"):
         out["ownerReferences"] = [owner_reference(resource)]
     return out
+
+
+def workload_env(settings: Any) -> list[dict[str, str]]:
+    """The operator-wide extra env (Settings.workload_env, NAME=VALUE) as EnvVars, appended after ours."""
+    return [{"name": n, "value": v} for n, _, v in (item.partition("=") for item in settings.workload_env)]
 
 
 def pod_security_context() -> dict[str, Any]:

@@ -133,6 +133,7 @@ def build_job(resource: dict[str, Any], settings: Settings, model: ResolvedModel
     if token.get("name"):
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token["name"],
                                                                        "key": token.get("key", "token")}}})
+    env += common.workload_env(settings)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.image or settings.trainer_image,

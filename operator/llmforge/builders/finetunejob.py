@@ -90,6 +90,7 @@ def build_job(resource: dict[str, Any], settings: Settings, suspend: bool | None
     token = spec.base_model.token_secret_ref
     if token is not None:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}})
+    env += common.workload_env(settings)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.image or settings.trainer_image,

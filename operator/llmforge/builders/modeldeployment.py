@@ -27,7 +27,7 @@ from ..api.serving import SERVE_PORT
 from ..estimate import serving_accelerator
 from ..pricing import DEFAULT_PRICES, PriceTable
 from ..settings import Settings
-from .common import container_security_context, placement, pod_security_context, resources
+from .common import container_security_context, placement, pod_security_context, resources, workload_env
 
 CONFIG_DIR = "/etc/llmforge"
 CONFIG_FILE = "serve.yaml"
@@ -226,6 +226,8 @@ def build_deployment(md: ModelDeployment, plan: VariantPlan, config: dict[str, A
     token = plan.model.base_model.token_secret_ref
     if token:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}})
+    env += workload_env(settings)
+
     def probe() -> dict[str, Any]:
         return {"httpGet": {"path": "/health", "port": "http"}}
 
