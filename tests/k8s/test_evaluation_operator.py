@@ -134,6 +134,13 @@ def test_failed_model_fails_the_evaluation(ns, operator, kubelet):
     st = wait_until(lambda: (s := ev_status(ns, "eb")).get("phase") == "Failed" and s, 90, "Evaluation Failed")
     assert st["failure"]["reason"] == "ModelFailed" and "InvalidData" in st["failure"]["message"]
     assert cond(st, "Passed")["status"] == "False" and eval_jobs(ns) == []
+    # The verdict came from the operator's polling loop (no child of the Evaluation changed): its Warning
+    # event must still be posted (kopf.event needs kopf's per-object context, which a loop started at
+    # start-up lacks).
+    uid = kube.get(*EV, ns, "eb")["metadata"]["uid"]
+    wait_until(lambda: [e for e in kube.request("GET", kube.path("v1", "Event", ns), query={
+        "fieldSelector": f"involvedObject.uid={uid}"})["items"] if e.get("reason") == "ModelFailed"], 30,
+        "ModelFailed event")
 
 
 def test_eval_pod_failure_reason_reaches_status(ns, operator, kubelet):

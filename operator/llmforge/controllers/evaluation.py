@@ -14,6 +14,7 @@ only while the Evaluation is not finished and its model is ready. Prices come fr
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +29,7 @@ from ..settings import Settings
 from ..status.attempts import Placement
 from ..status.conditions import set_condition
 from ..status.evaluation import compute_status, reference_state
+from .background import Loop
 from .metrics import PHASES, instrumented
 from .pricingcache import prices
 
@@ -141,6 +143,7 @@ def _validated(resource: dict[str, Any]) -> bool | None:
 
 async def reconcile(model: Any, body: kopf.Body, patch: kopf.Patch, logger: Any, **_: Any) -> None:
     """Create/update/resume, after admission passed (its conditions are already in patch.status)."""
+    _loop.ensure()
     resource = _plain(body)
     old = resource["status"]
     resource["status"] = {**old, "conditions": list(patch.status.get("conditions") or old.get("conditions") or [])}
@@ -205,8 +208,14 @@ async def status_loop(interval: float, logger: Any) -> None:
                 logger.warning(f"Evaluation {ns}/{name}: refresh failed: {exc}")
 
 
+LOG = logging.getLogger("llmforge.evaluation")
+_loop_interval = [15.0]
+_loop = Loop(lambda: status_loop(_loop_interval[0], LOG))
+
+
 async def child_changed(namespace: str, labels: dict[str, str], logger: Any, **_: Any) -> None:
     """A Job or Pod of ours changed: recompute its Evaluation's status now."""
+    _loop.ensure()
     name = labels.get(EVAL_LABEL)
     if name and namespace:
         await refresh(namespace, name, logger)
@@ -222,16 +231,9 @@ def register(settings: Settings) -> None:
         instrumented(KIND, "child")(child_changed))
     kopf.on.event("v1", "pods", id="evaluation-pods", labels=owned)(
         instrumented(KIND, "child")(child_changed))
-    tasks: list[asyncio.Task] = []
-
     # The waiting check and cost accrual share one loop, at the faster of the two intervals.
-    interval = min(settings.progress_interval_seconds, settings.cost_interval_seconds)
-
-    @kopf.on.startup(id="evaluations-waiting-loop")
-    async def _start_loop(logger: Any, **_: Any) -> None:
-        tasks.append(asyncio.create_task(status_loop(interval, logger)))
+    _loop_interval[0] = min(settings.progress_interval_seconds, settings.cost_interval_seconds)
 
     @kopf.on.cleanup(id="evaluations-waiting-loop-stop")
     async def _stop_loop(**_: Any) -> None:
-        for task in tasks:
-            task.cancel()
+        _loop.cancel()

@@ -34,6 +34,7 @@ from ..status.finetunejob import (
     parse_progress,
     pending_message,
 )
+from .background import Loop
 from .cache import Children, Latest
 from .metrics import PHASES, instrumented
 from .pricingcache import prices, prices_fresh
@@ -60,9 +61,9 @@ _active: set[Key] = set()
 _pending: set[Key] = set()
 _queued: set[Key] = set()
 _tasks: set[asyncio.Task] = set()
-_loop: list[asyncio.Task] = []
-_loop_interval = [15.0]
 LOG = logging.getLogger("llmforge.finetunejob")
+_loop_interval = [15.0]
+_loop = Loop(lambda: status_loop(_loop_interval[0], LOG))
 _ftjs, _jobs, _pods = Latest(), Latest(), Children()
 
 
@@ -381,14 +382,7 @@ async def ftj_event(type: str | None, body: kopf.Body, namespace: str, name: str
         _pending.discard(key)
     else:
         _ftjs.put(key, body)
-        _ensure_loop()
-
-
-def _ensure_loop() -> None:
-    """Start the status loop from inside a watch handler, not at start-up: kopf.event posts through
-    context variables that kopf sets per object, which start-up activities do not see."""
-    if not _loop or _loop[0].done():
-        _loop[:] = [asyncio.create_task(status_loop(_loop_interval[0], LOG))]
+        _loop.ensure()
 
 
 def _track(namespace: str, name: str, status: dict[str, Any]) -> None:
@@ -476,8 +470,7 @@ def register(settings: Settings) -> None:
 
     @kopf.on.cleanup(id="finetunejobs-status-loop-stop")
     async def _stop_loop(**_: Any) -> None:
-        for task in _loop:
-            task.cancel()
+        _loop.cancel()
 
     kopf.on.event("batch", "v1", "jobs", id="finetunejob-jobs", labels=owned)(job_event)
     kopf.on.event("v1", "pods", id="finetunejob-pods", labels=owned)(pod_event)
