@@ -135,6 +135,33 @@ def test_unresolved_adapter_leaves_variant_without_deployment():
     assert [p.missing for p in plans] == [("support-llama31-8b",), ("support-v2",)]
 
 
+def test_adapter_uri_only_from_a_succeeded_finetunejob():
+    job = {"spec": {"output": {"uri": "gs://b/runs/j/"}}, "status": {"phase": "Succeeded"}}
+    assert b.finetunejob_adapter_uri(job) == "gs://b/runs/j/adapter"
+    job["status"]["output"] = {"adapterUri": "gs://b/elsewhere/adapter"}
+    assert b.finetunejob_adapter_uri(job) == "gs://b/elsewhere/adapter"
+    for phase in ("Pending", "Running", "Failed", None):
+        assert b.finetunejob_adapter_uri({**job, "status": {**job["status"], "phase": phase}}) is None
+    assert b.finetunejob_adapter_uri(None) is None
+
+
+def test_resolve_keeps_what_is_served_for_a_job_that_is_not_succeeded_now():
+    md = md_of(example())
+    done = {"spec": {"output": {"uri": "gs://b/runs/v2/"}}, "status": {"phase": "Succeeded"}}
+    again = {"spec": {"output": {"uri": "gs://b/runs/s/"}}, "status": {"phase": "Running"}}
+    stable_cm = b.build_config_map(md, b.variant_plans(md, b.ServingInputs(adapter_uris=URIS))[0],
+                                   {"model": {"adapters": [{"name": "support", "uri": "gs://old/support"}]}})
+    served = b.served_adapter_uris([stable_cm, None, {"data": {"serve.yaml": ": not yaml ["}}])
+    assert served == {"support": "gs://old/support"}
+    jobs = {"support-llama31-8b": again, "support-v2": done}
+    names = {a.name: a.fine_tune_job_ref.name for m in (md.spec.model, md.spec.canary.model) for a in m.adapters}
+    assert names["support"] == "support-llama31-8b"  # the example's stable adapter comes from that job
+    assert b.resolve_adapter_uris(md, jobs, served) == {"support-llama31-8b": "gs://old/support",
+                                                        "support-v2": "gs://b/runs/v2/adapter"}
+    # never served and not Succeeded: it waits
+    assert b.resolve_adapter_uris(md, jobs, {}) == {"support-v2": "gs://b/runs/v2/adapter"}
+
+
 def test_spec_change_changes_the_pod_template():
     before = children()[("Deployment", "support-stable")]["spec"]["template"]
     doc = example()

@@ -164,6 +164,58 @@ def resolve_model(model: ServedModel, adapter_uris: dict[str, str], placeholders
     return ServedModel.model_validate(data), tuple(missing)
 
 
+def finetunejob_adapter_uri(ftj: dict[str, Any] | None) -> str | None:
+    """The adapter a FineTuneJob produced, once it has Succeeded: `status.output.adapterUri`, else
+    `<spec.output.uri>/adapter`, where the trainer writes it (the Evaluation controller resolves it the same
+    way). None for a job that is missing or not Succeeded."""
+    st = (ftj or {}).get("status") or {}
+    if ftj is None or st.get("phase") != "Succeeded":
+        return None
+    uri = (st.get("output") or {}).get("adapterUri")
+    if uri:
+        return uri
+    base = ((ftj.get("spec") or {}).get("output") or {}).get("uri")
+    return f"{base.rstrip('/')}/adapter" if base else None
+
+
+def served_adapter_uris(config_maps: list[dict[str, Any] | None]) -> dict[str, str]:
+    """Adapter name -> URI as the variants' serve-config ConfigMaps (what the pods run) have it now."""
+    out: dict[str, str] = {}
+    for cm in config_maps:
+        text = ((cm or {}).get("data") or {}).get(CONFIG_FILE)
+        if not text:
+            continue
+        try:
+            doc = yaml.safe_load(text) or {}
+        except yaml.YAMLError:
+            continue
+        for adapter in ((doc.get("model") or {}).get("adapters") or []):
+            if isinstance(adapter, dict) and adapter.get("name") and adapter.get("uri"):
+                out.setdefault(adapter["name"], adapter["uri"])
+    return out
+
+
+def resolve_adapter_uris(md: ModelDeployment, finetunejobs: dict[str, dict[str, Any] | None],
+                         served: dict[str, str]) -> dict[str, str]:
+    """FineTuneJob name -> adapter URI for every job the spec references that can be served.
+
+    A Succeeded job gives its adapter. A job that is not Succeeded *now* (retrained, deleted, or its status
+    rewritten) keeps the URI its adapters are already served with, read from the live ConfigMaps: a
+    finished adapter stays valid, and tearing down a serving variant because its job went back to Running
+    would be an outage. Only a job never served waits (WaitingForAdapter)."""
+    models = [md.spec.model] + ([md.spec.canary.model] if md.spec.canary else [])
+    out: dict[str, str] = {}
+    for job in sorted({a.fine_tune_job_ref.name for m in models for a in m.adapters if a.fine_tune_job_ref}):
+        uri = finetunejob_adapter_uri(finetunejobs.get(job))
+        if uri is None:
+            names = [a.name for m in models for a in m.adapters
+                     if a.fine_tune_job_ref and a.fine_tune_job_ref.name == job]
+            uri = next((served[n] for n in names if n in served), None)
+        if uri:
+            out[job] = uri
+    return out
+
+
 def variant_plans(md: ModelDeployment, inputs: ServingInputs) -> list[VariantPlan]:
     """Stable (with the canary's model once promoted) and, while there is one, the canary, with weights."""
     spec = md.spec
