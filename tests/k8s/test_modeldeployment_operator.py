@@ -354,6 +354,45 @@ def test_podmonitoring_when_the_cluster_has_the_crd(podmonitoring_crd, operator,
     assert pm["metadata"]["ownerReferences"][0]["name"] == "chat"
 
 
+@pytest.fixture
+def healthcheckpolicy_crd(kube_api):
+    """Install the HealthCheckPolicy test-fixture CRD (it stays for the rest of the session)."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    ext = client.ApiextensionsV1Api(kube_api.dyn.client)
+    crd = yaml.safe_load((ROOT / "tests/fixtures/test_fixture_healthcheckpolicy_crd.yaml").read_text())
+    try:
+        ext.create_custom_resource_definition(crd)
+    except ApiException as e:
+        if e.status != 409:
+            raise
+    wait_until(lambda: any(c.type == "Established" and c.status == "True" for c in
+                           ext.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions or []),
+               30, "HealthCheckPolicy CRD Established")
+    kube_api.dyn.resources.invalidate_cache()
+    return kube_api
+
+
+def test_healthcheckpolicy_per_variant_when_gke_serves_the_kind(healthcheckpolicy_crd, operator, double):
+    k, ns = healthcheckpolicy_crd, operator["ns"]
+    hcp_api = "networking.gke.io/v1"
+    create(k, ns, model_deployment("chat", canary=canary_spec(weight=10)))
+    for variant in ("stable", "canary"):
+        name = f"chat-{variant}"
+        hcp = wait_until(lambda n=name: k.get(hcp_api, "HealthCheckPolicy", ns, n), 60, f"HealthCheckPolicy {name}")
+        assert hcp["spec"]["targetRef"] == {"group": "", "kind": "Service", "name": name}
+        assert k.get("v1", "Service", ns, name) is not None
+        check = hcp["spec"]["default"]["config"]["httpHealthCheck"]
+        assert (check["requestPath"], check["port"]) == ("/health", 8000)
+        assert hcp["metadata"]["ownerReferences"][0]["name"] == "chat"
+    # The canary goes: its policy is pruned with its Service; the stable one stays.
+    k.dyn.resources.get(api_version=API, kind="ModelDeployment").patch(
+        body={"spec": {"canary": None}}, name="chat", namespace=ns, content_type="application/merge-patch+json")
+    wait_until(lambda: k.get(hcp_api, "HealthCheckPolicy", ns, "chat-canary") is None, 60, "canary policy pruned")
+    assert k.get(hcp_api, "HealthCheckPolicy", ns, "chat-stable") is not None
+
+
 def test_promotion_blocked_until_evaluation_passed_then_steps_and_promotes(kube_api, operator, double):
     k, ns = kube_api, operator["ns"]
     double.variants["stable"].adapters = ["support"]

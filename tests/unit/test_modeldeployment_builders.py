@@ -232,6 +232,30 @@ def test_monitoring_only_when_flagged():
     assert sm["apiVersion"] == "monitoring.coreos.com/v1"
 
 
+def test_health_check_policy_per_variant_service_only_with_gateway_and_crd():
+    assert not [k for k in children() if k[0] == "HealthCheckPolicy"]  # the cluster lacks the CRD
+    c = children(health_check_policy=True)
+    policies = {k: v for k, v in c.items() if k[0] == "HealthCheckPolicy"}
+    assert sorted(name for _, name in policies) == ["support-canary", "support-stable"]
+    for (_, name), hcp in policies.items():
+        assert hcp["apiVersion"] == "networking.gke.io/v1"
+        target = hcp["spec"]["targetRef"]
+        assert target == {"group": "", "kind": "Service", "name": name} and ("Service", name) in c
+        check = hcp["spec"]["default"]["config"]
+        assert check["type"] == "HTTP"
+        # the path and port the Deployment's own probes use, i.e. where vLLM answers
+        deployment = c[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0]
+        assert check["httpHealthCheck"]["requestPath"] == deployment["readinessProbe"]["httpGet"]["path"] == "/health"
+        assert check["httpHealthCheck"]["port"] == deployment["ports"][0]["containerPort"]
+        assert check["httpHealthCheck"]["portSpecification"] == "USE_FIXED_PORT"
+        assert hcp["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
+    doc = example()
+    del doc["spec"]["routing"]["gateway"]  # no gateway, no load balancer to health-check
+    assert not [k for k in children(doc, health_check_policy=True) if k[0] == "HealthCheckPolicy"]
+    keys = b.child_keys("support")
+    assert ("networking.gke.io/v1", "HealthCheckPolicy", "support-canary") in keys  # pruned with the canary
+
+
 def test_pdb_allows_one_disruption():
     pdb = children()[("PodDisruptionBudget", "support-stable")]
     assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": {b.LABEL_MD: "support",

@@ -1,6 +1,7 @@
 """Pure builders for a ModelDeployment's children: per variant (stable, canary) a serve-config ConfigMap,
-a Deployment running `llmforge-serve`, a Service, an HPA and a PDB; shared: a Service over all variants,
-an HTTPRoute (with a gateway) and a PodMonitoring/ServiceMonitor (when the cluster has the CRD).
+a Deployment running `llmforge-serve`, a Service, an HPA and a PDB, and (with a gateway, on GKE) a
+HealthCheckPolicy for that Service; shared: a Service over all variants, an HTTPRoute (with a gateway)
+and a PodMonitoring/ServiceMonitor (when the cluster has the CRD).
 
 Each variant is its own Deployment so base and adapter requests of different variants never share a vLLM
 batch (FINDINGS §2). While autoscaling is on, the Deployment carries no `spec.replicas` at all, so the
@@ -39,6 +40,7 @@ LABEL_VARIANT = "llmforge.dev/variant"
 ANNOTATION_CONFIG_HASH = "llmforge.dev/serve-config-hash"
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 ROUTE_API_VERSION = f"{GATEWAY_GROUP}/v1"
+HEALTH_CHECK_API_VERSION = "networking.gke.io/v1"
 Monitoring = Literal["podmonitoring", "servicemonitor"] | None
 
 
@@ -69,6 +71,8 @@ class ServingInputs:
     """After promotion, once stable runs the new model: the canary's children are no longer built."""
     monitoring: Monitoring = None
     """Which scrape CRD the cluster has."""
+    health_check_policy: bool = False
+    """The cluster serves GKE's HealthCheckPolicy (networking.gke.io/v1): give each variant Service one."""
     usd_per_gpu_hour: float = 0.0
     """Price of one GPU-hour (per pod-hour on cpu), passed to the server's usage metering."""
     placeholders: bool = False
@@ -343,6 +347,20 @@ def build_service(md: ModelDeployment, variant: str | None) -> dict[str, Any]:
                      "ports": [{"name": "http", "port": SERVE_PORT, "targetPort": "http", "protocol": "TCP"}]}}
 
 
+def build_health_check_policy(md: ModelDeployment, variant: str) -> dict[str, Any]:
+    """GKE's health check for the load balancer backend behind a variant's Service. Without it the GKE
+    Gateway probes `/` on the serving port, which vLLM answers 404, so every backend is marked unhealthy
+    and the route serves nothing; vLLM's health endpoint is `/health` on that same port."""
+    name = child_name(md.metadata["name"], variant)
+    return {"apiVersion": HEALTH_CHECK_API_VERSION, "kind": "HealthCheckPolicy", "metadata": _meta(md, name, variant),
+            "spec": {"default": {"checkIntervalSec": 15, "timeoutSec": 5, "healthyThreshold": 1,
+                                 "unhealthyThreshold": 2,
+                                 "config": {"type": "HTTP", "httpHealthCheck": {
+                                     "portSpecification": "USE_FIXED_PORT", "port": SERVE_PORT,
+                                     "requestPath": "/health"}}},
+                     "targetRef": {"group": "", "kind": "Service", "name": name}}}
+
+
 def _quantity(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{round(value * 1000)}m"
 
@@ -443,6 +461,8 @@ def build_children(md: ModelDeployment, settings: Settings, inputs: ServingInput
         if md.spec.autoscaling.enabled and plan.buildable:
             out.append(build_hpa(md, plan.name))
         out.append(build_pdb(md, plan.name))
+        if md.spec.routing.gateway and inputs.health_check_policy:
+            out.append(build_health_check_policy(md, plan.name))
     out.append(build_service(md, None))
     if md.spec.routing.gateway:
         out.append(build_httproute(md, plans))
@@ -459,7 +479,7 @@ def child_keys(md_name: str) -> list[tuple[str, str, str]]:
         n = child_name(md_name, variant)
         keys += [("v1", "ConfigMap", config_map_name(md_name, variant)), ("apps/v1", "Deployment", n),
                  ("v1", "Service", n), ("autoscaling/v2", "HorizontalPodAutoscaler", n),
-                 ("policy/v1", "PodDisruptionBudget", n)]
+                 ("policy/v1", "PodDisruptionBudget", n), (HEALTH_CHECK_API_VERSION, "HealthCheckPolicy", n)]
     keys += [("v1", "Service", md_name), (f"{GATEWAY_GROUP}/v1", "HTTPRoute", md_name),
              ("monitoring.googleapis.com/v1", "PodMonitoring", md_name),
              ("monitoring.coreos.com/v1", "ServiceMonitor", md_name)]

@@ -272,6 +272,8 @@ def reconcile_sync(body: dict[str, Any], settings: Settings, k: Kube, now: datet
 
     promoted = decision is not None and decision.state.phase == "Promoted"
     inputs = b.ServingInputs(adapter_uris=uris, promoted=promoted, monitoring=monitoring_kind(k),
+                             health_check_policy=bool(md.spec.routing.gateway)
+                             and k.has_kind(b.HEALTH_CHECK_API_VERSION, "HealthCheckPolicy"),
                              usd_per_gpu_hour=rate,
                              canary_weight=None if decision is None else decision.state.weight)
     if promoted:
@@ -295,10 +297,9 @@ def reconcile_sync(body: dict[str, Any], settings: Settings, k: Kube, now: datet
     for api_version, kind, child in b.child_keys(name):
         if (api_version, kind, child) in built:
             continue
-        if kind in ("PodMonitoring", "ServiceMonitor") and not k.has_kind(api_version, kind):
-            continue
-        if kind == "HTTPRoute" and not k.has_kind(api_version, kind):
-            continue
+        if kind in ("PodMonitoring", "ServiceMonitor", "HTTPRoute", "HealthCheckPolicy") and not k.has_kind(
+                api_version, kind):
+            continue  # the cluster does not serve the kind, so there is nothing of it to prune
         existing = k.get(api_version, kind, namespace, child)
         if existing and ((existing.get("metadata") or {}).get("labels") or {}).get(b.LABEL_MD) == name:
             k.delete(api_version, kind, namespace, child)
