@@ -62,7 +62,6 @@ UNUSED_HERE = {
     # Read only to check the label before pruning one.
     ("gateway.networking.k8s.io", "httproutes", "get"): PRUNE,
     ("monitoring.googleapis.com", "podmonitorings", "get"): PRUNE,
-    ("networking.gke.io", "healthcheckpolicies", "get"): PRUNE,
     **{("monitoring.coreos.com", "servicemonitors", v): SERVICEMONITOR for v in ("get", "create", "patch", "delete")},
 }
 
