@@ -31,7 +31,8 @@ PLURALS = {"Namespace": "namespaces", "Job": "jobs", "Pod": "pods", "ConfigMap":
            "FineTuneJob": "finetunejobs", "Evaluation": "evaluations", "ModelDeployment": "modeldeployments",
            "Deployment": "deployments", "Service": "services",
            "HorizontalPodAutoscaler": "horizontalpodautoscalers", "PodDisruptionBudget": "poddisruptionbudgets",
-           "HTTPRoute": "httproutes", "PodMonitoring": "podmonitorings", "ServiceMonitor": "servicemonitors"}
+           "HTTPRoute": "httproutes", "PodMonitoring": "podmonitorings", "ServiceMonitor": "servicemonitors",
+           "HealthCheckPolicy": "healthcheckpolicies"}
 
 _lock = threading.Lock()
 _client: client.ApiClient | None = None

@@ -57,7 +57,8 @@ UNUSED_HERE = {
     **{(g, r, "delete"): PRUNE for g, r in [("apps", "deployments"), ("", "services"), ("", "configmaps"),
                                             ("policy", "poddisruptionbudgets"),
                                             ("gateway.networking.k8s.io", "httproutes"),
-                                            ("monitoring.googleapis.com", "podmonitorings")]},
+                                            ("monitoring.googleapis.com", "podmonitorings"),
+                                            ("networking.gke.io", "healthcheckpolicies")]},
     # Read only to check the label before pruning one.
     ("gateway.networking.k8s.io", "httproutes", "get"): PRUNE,
     ("monitoring.googleapis.com", "podmonitorings", "get"): PRUNE,
@@ -113,9 +114,10 @@ def _calls(audit_log: str, user: str) -> list[dict]:
 
 
 #: GKE's kinds the ModelDeployment controller writes when their CRDs exist: stand-ins with open schemas, so
-#: its HTTPRoute and PodMonitoring calls happen here too (the real schemas are not needed for RBAC).
+#: its HTTPRoute, PodMonitoring and HealthCheckPolicy calls happen here too (the real schemas are not needed for RBAC).
 STANDIN_CRDS = [("gateway.networking.k8s.io", "HTTPRoute", "httproutes"),
-                ("monitoring.googleapis.com", "PodMonitoring", "podmonitorings")]
+                ("monitoring.googleapis.com", "PodMonitoring", "podmonitorings"),
+                ("networking.gke.io", "HealthCheckPolicy", "healthcheckpolicies")]
 
 
 def _install_standin_crds(api: client.ApiClient) -> None:

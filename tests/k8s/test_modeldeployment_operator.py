@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tests.fixtures.vllm_metrics_double import ServingDouble
+from tests.k8s.ftj_support import ftj_manifest
 
 pytestmark = pytest.mark.k8s
 
@@ -353,11 +354,51 @@ def test_podmonitoring_when_the_cluster_has_the_crd(podmonitoring_crd, operator,
     assert pm["metadata"]["ownerReferences"][0]["name"] == "chat"
 
 
+@pytest.fixture
+def healthcheckpolicy_crd(kube_api):
+    """Install the HealthCheckPolicy test-fixture CRD (it stays for the rest of the session)."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    ext = client.ApiextensionsV1Api(kube_api.dyn.client)
+    crd = yaml.safe_load((ROOT / "tests/fixtures/test_fixture_healthcheckpolicy_crd.yaml").read_text())
+    try:
+        ext.create_custom_resource_definition(crd)
+    except ApiException as e:
+        if e.status != 409:
+            raise
+    wait_until(lambda: any(c.type == "Established" and c.status == "True" for c in
+                           ext.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions or []),
+               30, "HealthCheckPolicy CRD Established")
+    kube_api.dyn.resources.invalidate_cache()
+    return kube_api
+
+
+def test_healthcheckpolicy_per_variant_when_gke_serves_the_kind(healthcheckpolicy_crd, operator, double):
+    k, ns = healthcheckpolicy_crd, operator["ns"]
+    hcp_api = "networking.gke.io/v1"
+    create(k, ns, model_deployment("chat", canary=canary_spec(weight=10)))
+    for variant in ("stable", "canary"):
+        name = f"chat-{variant}"
+        hcp = wait_until(lambda n=name: k.get(hcp_api, "HealthCheckPolicy", ns, n), 60, f"HealthCheckPolicy {name}")
+        assert hcp["spec"]["targetRef"] == {"group": "", "kind": "Service", "name": name}
+        assert k.get("v1", "Service", ns, name) is not None
+        check = hcp["spec"]["default"]["config"]["httpHealthCheck"]
+        assert (check["requestPath"], check["port"]) == ("/health", 8000)
+        assert hcp["metadata"]["ownerReferences"][0]["name"] == "chat"
+    # The canary goes: its policy is pruned with its Service; the stable one stays.
+    k.dyn.resources.get(api_version=API, kind="ModelDeployment").patch(
+        body={"spec": {"canary": None}}, name="chat", namespace=ns, content_type="application/merge-patch+json")
+    wait_until(lambda: k.get(hcp_api, "HealthCheckPolicy", ns, "chat-canary") is None, 60, "canary policy pruned")
+    assert k.get(hcp_api, "HealthCheckPolicy", ns, "chat-stable") is not None
+
+
 def test_promotion_blocked_until_evaluation_passed_then_steps_and_promotes(kube_api, operator, double):
     k, ns = kube_api, operator["ns"]
     double.variants["stable"].adapters = ["support"]
     double.variants["canary"].adapters = ["support-v2"]
-    double.variants["canary"].requests = 50  # healthy canary: 0 errors, p95 200 ms
+    # healthy canary: steady traffic, 0 errors, p95 200 ms (each step is judged on its own requests)
+    double.variants["canary"].requests_per_scrape = 5
     create(k, ns, evaluation("v2-eval"))
     wait_until(lambda: cond((k.get(API, "Evaluation", ns, "v2-eval") or {}).get("status") or {}, "Validated"),
                30, "Evaluation admitted")
@@ -388,13 +429,19 @@ def test_promotion_blocked_until_evaluation_passed_then_steps_and_promotes(kube_
     assert canary_steps == [10, 30, 60, 100], seen
     st = md_status(k, ns, "chat")
     assert st["promotionPhase"] == "Promoted" and cond(st, "Promoting")["reason"] == "Promoted"
+    # The last step's window began with the canary pod serving: its baseline survived the status round trip.
+    (base,) = st["analysisWindow"]["baseline"]
+    assert base["pod"].startswith("chat-canary-") and base["requests"] > 0
+    assert base["latencyBuckets"]["+Inf"] == base["requests"]
     actions = [(h["action"], h.get("from"), h.get("to")) for h in st["promotionHistory"]]
     assert ("Advanced", 10, 30) in actions and ("Advanced", 30, 60) in actions and ("Promoted", 60, 100) in actions
     # the stable variant now serves the canary's model; the canary's children are gone
     cfg = yaml.safe_load(k.get("v1", "ConfigMap", ns, "chat-stable-serve")["data"]["serve.yaml"])
     assert [a["name"] for a in cfg["model"]["adapters"]] == ["support-v2"]
-    wait_until(lambda: k.get("apps/v1", "Deployment", ns, "chat-canary") is None, 30, "canary Deployment deleted")
-    assert k.get("autoscaling/v2", "HorizontalPodAutoscaler", ns, "chat-canary") is None
+    # One reconcile deletes the canary's children one call after another: wait for the last of these too.
+    wait_until(lambda: k.get("apps/v1", "Deployment", ns, "chat-canary") is None
+               and k.get("autoscaling/v2", "HorizontalPodAutoscaler", ns, "chat-canary") is None, 30,
+               "canary Deployment and HPA deleted")
 
 
 def test_breach_rolls_back_with_numbers_and_event(kube_api, operator, double):
@@ -418,6 +465,9 @@ def test_breach_rolls_back_with_numbers_and_event(kube_api, operator, double):
     msg = cond(st, "RolledBack")["message"]
     assert "0.2000" in msg and "8/40" in msg and "maxErrorRate 0.05" in msg
     assert st["canaryWeight"] == 0 and st["promotionPhase"] == "RolledBack"
+    window = st["analysisWindow"]  # the window that breached, kept in status (the CRD schema must carry it)
+    assert (window["requests"], window["errors"], window["errorRate"]) == (40, 8, 0.2)
+    assert window["baseline"] == []  # the step began before the canary pod was ready: that pod counts whole
     assert wait_until(lambda: route_weights(k, ns, "chat") == (("chat-stable", 100), ("chat-canary", 0)), 30,
                       "route at 0%")
     events = k.list("v1", "Event", ns)
@@ -440,14 +490,15 @@ def test_waiting_for_adapter_until_finetunejob_succeeds(kube_api, operator, doub
     assert k.get("apps/v1", "Deployment", ns, "chat-stable") is None
     assert k.get("v1", "Service", ns, "chat") is not None
 
-    ftj = yaml.safe_load((ROOT / "examples/01-llama31-8b-qlora-l4.yaml").read_text())
-    ftj["metadata"] = {"name": "ftj-1"}
+    # The FineTuneJob really succeeds: its controller runs the trainer Job on kwok's L4 nodes, whose pods
+    # complete at once. Its status is not written here: the FineTuneJob controller owns it and recomputes it
+    # from the Job, so a status written by the test is overwritten within a tick (the old flake).
+    ftj = ftj_manifest("ftj-1")  # no Secret or ServiceAccount the test namespace lacks: its pods get created
     create(k, ns, ftj)
-    wait_until(lambda: cond((k.get(API, "FineTuneJob", ns, "ftj-1") or {}).get("status") or {}, "Validated"),
-               30, "FineTuneJob admitted")
-    set_status(k, ns, "FineTuneJob", "ftj-1", {"phase": "Succeeded",
-                                                "output": {"adapterUri": "gs://b/runs/ftj-1/adapter"}})
+    wait_until(lambda: ((k.get(API, "FineTuneJob", ns, "ftj-1") or {}).get("status") or {}).get("phase")
+               == "Succeeded", 90, "FineTuneJob Succeeded")
     wait_until(lambda: k.get("apps/v1", "Deployment", ns, "chat-stable"), 60, "Deployment once the adapter exists")
     cfg = yaml.safe_load(k.get("v1", "ConfigMap", ns, "chat-stable-serve")["data"]["serve.yaml"])
-    assert cfg["model"]["adapters"] == [{"name": "support", "uri": "gs://b/runs/ftj-1/adapter"}]
+    expected = ftj["spec"]["output"]["uri"].rstrip("/") + "/adapter"  # where the trainer writes it
+    assert cfg["model"]["adapters"] == [{"name": "support", "uri": expected}]
     wait_until(lambda: md_status(k, ns, "chat").get("phase") == "Ready", 90, "Ready")

@@ -135,6 +135,33 @@ def test_unresolved_adapter_leaves_variant_without_deployment():
     assert [p.missing for p in plans] == [("support-llama31-8b",), ("support-v2",)]
 
 
+def test_adapter_uri_only_from_a_succeeded_finetunejob():
+    job = {"spec": {"output": {"uri": "gs://b/runs/j/"}}, "status": {"phase": "Succeeded"}}
+    assert b.finetunejob_adapter_uri(job) == "gs://b/runs/j/adapter"
+    job["status"]["output"] = {"adapterUri": "gs://b/elsewhere/adapter"}
+    assert b.finetunejob_adapter_uri(job) == "gs://b/elsewhere/adapter"
+    for phase in ("Pending", "Running", "Failed", None):
+        assert b.finetunejob_adapter_uri({**job, "status": {**job["status"], "phase": phase}}) is None
+    assert b.finetunejob_adapter_uri(None) is None
+
+
+def test_resolve_keeps_what_is_served_for_a_job_that_is_not_succeeded_now():
+    md = md_of(example())
+    done = {"spec": {"output": {"uri": "gs://b/runs/v2/"}}, "status": {"phase": "Succeeded"}}
+    again = {"spec": {"output": {"uri": "gs://b/runs/s/"}}, "status": {"phase": "Running"}}
+    stable_cm = b.build_config_map(md, b.variant_plans(md, b.ServingInputs(adapter_uris=URIS))[0],
+                                   {"model": {"adapters": [{"name": "support", "uri": "gs://old/support"}]}})
+    served = b.served_adapter_uris([stable_cm, None, {"data": {"serve.yaml": ": not yaml ["}}])
+    assert served == {"support": "gs://old/support"}
+    jobs = {"support-llama31-8b": again, "support-v2": done}
+    names = {a.name: a.fine_tune_job_ref.name for m in (md.spec.model, md.spec.canary.model) for a in m.adapters}
+    assert names["support"] == "support-llama31-8b"  # the example's stable adapter comes from that job
+    assert b.resolve_adapter_uris(md, jobs, served) == {"support-llama31-8b": "gs://old/support",
+                                                        "support-v2": "gs://b/runs/v2/adapter"}
+    # never served and not Succeeded: it waits
+    assert b.resolve_adapter_uris(md, jobs, {}) == {"support-v2": "gs://b/runs/v2/adapter"}
+
+
 def test_spec_change_changes_the_pod_template():
     before = children()[("Deployment", "support-stable")]["spec"]["template"]
     doc = example()
@@ -203,6 +230,30 @@ def test_monitoring_only_when_flagged():
     assert pm["spec"]["endpoints"][0]["port"] == "http"
     sm = children(monitoring="servicemonitor")[("ServiceMonitor", "support")]
     assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+
+
+def test_health_check_policy_per_variant_service_only_with_gateway_and_crd():
+    assert not [k for k in children() if k[0] == "HealthCheckPolicy"]  # the cluster lacks the CRD
+    c = children(health_check_policy=True)
+    policies = {k: v for k, v in c.items() if k[0] == "HealthCheckPolicy"}
+    assert sorted(name for _, name in policies) == ["support-canary", "support-stable"]
+    for (_, name), hcp in policies.items():
+        assert hcp["apiVersion"] == "networking.gke.io/v1"
+        target = hcp["spec"]["targetRef"]
+        assert target == {"group": "", "kind": "Service", "name": name} and ("Service", name) in c
+        check = hcp["spec"]["default"]["config"]
+        assert check["type"] == "HTTP"
+        # the path and port the Deployment's own probes use, i.e. where vLLM answers
+        deployment = c[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0]
+        assert check["httpHealthCheck"]["requestPath"] == deployment["readinessProbe"]["httpGet"]["path"] == "/health"
+        assert check["httpHealthCheck"]["port"] == deployment["ports"][0]["containerPort"]
+        assert check["httpHealthCheck"]["portSpecification"] == "USE_FIXED_PORT"
+        assert hcp["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
+    doc = example()
+    del doc["spec"]["routing"]["gateway"]  # no gateway, no load balancer to health-check
+    assert not [k for k in children(doc, health_check_policy=True) if k[0] == "HealthCheckPolicy"]
+    keys = b.child_keys("support")
+    assert ("networking.gke.io/v1", "HealthCheckPolicy", "support-canary") in keys  # pruned with the canary
 
 
 def test_pdb_allows_one_disruption():

@@ -113,6 +113,23 @@ def test_waiting_for_adapter_from_an_unfinished_finetunejob():
     assert ("Deployment", "m-stable") in k.applied
 
 
+def test_a_served_adapter_keeps_serving_when_its_finetunejob_runs_again():
+    k = FakeKube({"HTTPRoute"})
+    b = body(canary=False)
+    b["spec"]["model"]["adapters"] = [{"name": "a", "fineTuneJobRef": {"name": "job"}}]
+    k.objects[("FineTuneJob", "job")] = {"spec": {"output": {"uri": "gs://b/runs/job/"}},
+                                         "status": {"phase": "Succeeded"}}
+    c.reconcile_sync(b, Settings(), k, NOW)
+    assert "uri: gs://b/runs/job/adapter" in k.objects[("ConfigMap", "m-stable-serve")]["data"]["serve.yaml"]
+    # Retrained (or its status rewritten): the variant already serving that adapter is not torn down.
+    k.objects[("FineTuneJob", "job")]["status"]["phase"] = "Running"
+    out = c.reconcile_sync(b, Settings(), k, NOW)
+    assert ("Deployment", "m-stable") not in k.deleted and ("Deployment", "m-stable") in k.objects
+    ready = next(x for x in out.status["conditions"] if x["type"] == "Ready")
+    assert ready["reason"] != "WaitingForAdapter"
+    assert "uri: gs://b/runs/job/adapter" in k.objects[("ConfigMap", "m-stable-serve")]["data"]["serve.yaml"]
+
+
 def test_promotion_never_advances_a_canary_that_is_not_serving():
     k = FakeKube({"HTTPRoute"})
     k.objects[("Evaluation", "ev")] = {"status": {"phase": "Succeeded", "conditions": [
@@ -127,3 +144,38 @@ def test_promotion_never_advances_a_canary_that_is_not_serving():
     promoting = next(x for x in out.status["conditions"] if x["type"] == "Promoting")
     assert promoting["reason"] == "Blocked" and "canary not serving" in promoting["message"]
     assert out.status["canaryWeight"] == 0
+
+
+def test_canary_analysis_judges_the_step_window_kept_in_status(monkeypatch):
+    """The baseline lives in status: a second run (as after an operator restart) judges only what came after."""
+    from llmforge.status.servingmetrics import PodMetrics
+
+    counters = {"requests": 100.0, "errors": 50.0}  # an early burst of errors before the step began
+
+    def observe(k, settings, namespace, md_name, variant):
+        if variant != "canary":
+            return [], [["a"]]
+        return [PodMetrics(requests=counters["requests"], errors=counters["errors"], pod="m-canary-0",
+                           latency_buckets={0.5: counters["requests"], float("inf"): counters["requests"]})], [["a2"]]
+
+    monkeypatch.setattr(c, "observe_pods", observe)
+    k = FakeKube({"HTTPRoute"})
+    k.objects[("Evaluation", "ev")] = {"status": {"phase": "Succeeded", "conditions": [
+        {"type": "Passed", "status": "True", "reason": "Passed", "message": "ok"}]}}
+    b = body()
+    b["spec"]["canary"]["promotion"] = {"evaluationRef": {"name": "ev"}, "steps": [50, 100], "interval": "1h",
+                                        "analysis": {"maxErrorRate": 0.05, "minRequests": 10}}
+    first = c.reconcile_sync(b, Settings(), k, NOW)
+    window = first.status["analysisWindow"]
+    assert window["baseline"][0]["requests"] == 100 and window["requests"] == 0
+    counters["requests"] += 40  # 40 clean requests since: cumulative 50/140 would breach, the window does not
+    second = c.reconcile_sync({**b, "status": first.status}, Settings(), k, NOW.replace(minute=1))
+    assert second.status["promotionPhase"] == "Progressing", second.status["conditions"]
+    assert second.status["analysisWindow"]["requests"] == 40 and second.status["analysisWindow"]["errorRate"] == 0
+    assert second.status["analysisWindow"]["since"] == first.status["analysisWindow"]["since"]
+    counters["requests"] += 10
+    counters["errors"] += 5  # a fresh breach: 5 of the window's 50
+    third = c.reconcile_sync({**b, "status": second.status}, Settings(), k, NOW.replace(minute=2))
+    assert third.status["promotionPhase"] == "RolledBack"
+    rolled = next(x for x in third.status["conditions"] if x["type"] == "RolledBack")
+    assert "5/50" in rolled["message"] and third.status["analysisWindow"]["errors"] == 5

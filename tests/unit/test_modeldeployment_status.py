@@ -8,7 +8,15 @@ import pytest
 
 from llmforge.promotion import Decision, State
 from llmforge.status.modeldeployment import CostInputs, ObservedVariant, accrue_cost, compute_status
-from llmforge.status.servingmetrics import aggregate, loaded_adapters, parse_metrics, quantile
+from llmforge.status.servingmetrics import (
+    PodMetrics,
+    aggregate,
+    loaded_adapters,
+    parse_metrics,
+    quantile,
+    snapshot,
+    window,
+)
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 COST = CostInputs(gpus_per_replica=1, rate_per_gpu_hour=0.854, accelerator="nvidia-l4", spot=False,
@@ -73,6 +81,47 @@ def test_aggregate_sums_pods():
     assert a.pods == 2 and a.requests == 300 and a.errors == 6
     assert a.error_rate == pytest.approx(0.02)
     assert a.p95_ms == pytest.approx(1750.0)
+
+
+def pod(name: str, requests: float, errors: float, fast: float, slow: float) -> PodMetrics:
+    """`fast` requests took <= 0.5 s, `slow` ones between 2.5 s and 5 s."""
+    return PodMetrics(requests=requests, errors=errors, pod=name, latency_buckets={
+        0.5: fast, 1.0: fast, 2.5: fast, 5.0: fast + slow, float("inf"): fast + slow})
+
+
+def test_window_judges_only_what_happened_since_the_baseline():
+    # An early burst: 50 errors and slow requests in the first 100, before the window began.
+    base = snapshot([pod("p1", 100, 50, 0, 100)])
+    assert base == [{"pod": "p1", "requests": 100, "errors": 50,
+                     "latencyBuckets": {"0.5": 0, "1.0": 0, "2.5": 0, "5.0": 100, "+Inf": 100}}]
+    now = [pod("p1", 1100, 51, 1000, 100)]  # since then: 1000 fast requests, 1 error
+    cumulative, since = aggregate(now), window(now, base)
+    assert cumulative.error_rate == pytest.approx(51 / 1100) and cumulative.p95_ms > 2500
+    assert (since.requests, since.errors) == (1000, 1)
+    assert since.error_rate == pytest.approx(0.001)
+    assert since.p95_ms == pytest.approx(475.0)  # rank 950 of 1000 inside (0, 0.5]
+
+
+def test_window_is_not_diluted_by_history():
+    base = snapshot([pod("p1", 10000, 0, 10000, 0)])
+    now = [pod("p1", 10040, 8, 10000, 40)]  # a fresh breach: 8 of the last 40 failed, all slow
+    assert aggregate(now).error_rate < 0.001
+    w = window(now, base)
+    assert (w.requests, w.errors) == (40, 8) and w.error_rate == pytest.approx(0.2)
+    assert 2500 < w.p95_ms <= 5000
+
+
+def test_window_counts_restarted_and_new_pods_whole_and_ignores_gone_ones():
+    base = snapshot([pod("p1", 500, 5, 500, 0), pod("p2", 300, 0, 300, 0), pod("gone", 900, 90, 900, 0)])
+    now = [pod("p1", 20, 2, 20, 0),     # restarted: its counters went down, all 20 are new
+           pod("p2", 330, 3, 330, 0),   # 30 new, 3 errors
+           pod("p3", 7, 0, 7, 0)]       # ready after the window began
+    w = window(now, base)
+    assert w.pods == 3 and (w.requests, w.errors) == (20 + 30 + 7, 2 + 3)
+    assert w.latency_buckets[0.5] == 57
+    # a JSON round trip (status) keeps the bucket bounds, +Inf included
+    assert window(now, [{**b, "latencyBuckets": dict(b["latencyBuckets"])} for b in base]).requests == 57
+    assert snapshot([PodMetrics(requests=1)]) == []  # a pod without a name cannot be keyed
 
 
 def test_loaded_adapters_reads_parent():

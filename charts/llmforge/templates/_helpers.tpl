@@ -107,4 +107,7 @@ this with the kube-apiserver audit log of a real reconcile):
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors]
   verbs: [get, create, patch, delete]
+- apiGroups: [networking.gke.io]
+  resources: [healthcheckpolicies]
+  verbs: [get, create, patch, delete]
 {{- end }}

@@ -200,6 +200,41 @@ class HistoryEntry(StatusModel):
     """Why, with numbers."""
 
 
+class PodCounters(StatusModel):
+    """One canary pod's cumulative counters when the analysis window began."""
+
+    pod: str
+    """Pod name."""
+    requests: float = 0.0
+    """Requests served since the pod started."""
+    errors: float = 0.0
+    """Failed (5xx) requests since the pod started."""
+    latency_buckets: dict[str, float] | None = None
+    """End-to-end latency histogram: bucket upper bound in seconds ("+Inf" for the last) -> cumulative count."""
+
+
+class AnalysisWindow(StatusModel):
+    """The canary's live analysis over the current promotion step only: the baseline counters taken when the
+    step began (kept here so an operator restart continues the same window) and the numbers since then."""
+
+    canary_revision: str | None = None
+    """The canary revision the window belongs to."""
+    step: int | None = None
+    """The promotion step the window belongs to."""
+    since: str | None = None
+    """When the window began."""
+    requests: float | None = None
+    """Canary requests in the window."""
+    errors: float | None = None
+    """Failed canary requests in the window."""
+    error_rate: float | None = None
+    """errors / requests in the window."""
+    p95_latency_ms: float | None = None
+    """p95 end-to-end latency in the window, from histogram bucket deltas."""
+    baseline: list[PodCounters] | None = None
+    """Each canary pod's counters at `since`."""
+
+
 class ModelDeploymentStatus(CommonStatus):
     """Observed serving state."""
 
@@ -219,6 +254,8 @@ class ModelDeploymentStatus(CommonStatus):
     """Where the canary's promotion stands; Promoted and RolledBack are final for that canary."""
     canary_revision: str | None = None
     """Hash of the spec.canary the promotion state belongs to; a changed canary starts over."""
+    analysis_window: AnalysisWindow | None = None
+    """The canary analysis of the current promotion step (numbers since the step began)."""
     variants: list[VariantStatus] | None = None
     """Per-variant state."""
     scaling_history: list[HistoryEntry] | None = None

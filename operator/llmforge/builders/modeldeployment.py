@@ -1,6 +1,7 @@
 """Pure builders for a ModelDeployment's children: per variant (stable, canary) a serve-config ConfigMap,
-a Deployment running `llmforge-serve`, a Service, an HPA and a PDB; shared: a Service over all variants,
-an HTTPRoute (with a gateway) and a PodMonitoring/ServiceMonitor (when the cluster has the CRD).
+a Deployment running `llmforge-serve`, a Service, an HPA and a PDB, and (with a gateway, on GKE) a
+HealthCheckPolicy for that Service; shared: a Service over all variants, an HTTPRoute (with a gateway)
+and a PodMonitoring/ServiceMonitor (when the cluster has the CRD).
 
 Each variant is its own Deployment so base and adapter requests of different variants never share a vLLM
 batch (FINDINGS §2). While autoscaling is on, the Deployment carries no `spec.replicas` at all, so the
@@ -39,6 +40,7 @@ LABEL_VARIANT = "llmforge.dev/variant"
 ANNOTATION_CONFIG_HASH = "llmforge.dev/serve-config-hash"
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 ROUTE_API_VERSION = f"{GATEWAY_GROUP}/v1"
+HEALTH_CHECK_API_VERSION = "networking.gke.io/v1"
 Monitoring = Literal["podmonitoring", "servicemonitor"] | None
 
 
@@ -69,6 +71,8 @@ class ServingInputs:
     """After promotion, once stable runs the new model: the canary's children are no longer built."""
     monitoring: Monitoring = None
     """Which scrape CRD the cluster has."""
+    health_check_policy: bool = False
+    """The cluster serves GKE's HealthCheckPolicy (networking.gke.io/v1): give each variant Service one."""
     usd_per_gpu_hour: float = 0.0
     """Price of one GPU-hour (per pod-hour on cpu), passed to the server's usage metering."""
     placeholders: bool = False
@@ -162,6 +166,58 @@ def resolve_model(model: ServedModel, adapter_uris: dict[str, str], placeholders
     data = model.model_dump(by_alias=True, exclude_none=True, mode="json")
     data["adapters"] = adapters
     return ServedModel.model_validate(data), tuple(missing)
+
+
+def finetunejob_adapter_uri(ftj: dict[str, Any] | None) -> str | None:
+    """The adapter a FineTuneJob produced, once it has Succeeded: `status.output.adapterUri`, else
+    `<spec.output.uri>/adapter`, where the trainer writes it (the Evaluation controller resolves it the same
+    way). None for a job that is missing or not Succeeded."""
+    st = (ftj or {}).get("status") or {}
+    if ftj is None or st.get("phase") != "Succeeded":
+        return None
+    uri = (st.get("output") or {}).get("adapterUri")
+    if uri:
+        return uri
+    base = ((ftj.get("spec") or {}).get("output") or {}).get("uri")
+    return f"{base.rstrip('/')}/adapter" if base else None
+
+
+def served_adapter_uris(config_maps: list[dict[str, Any] | None]) -> dict[str, str]:
+    """Adapter name -> URI as the variants' serve-config ConfigMaps (what the pods run) have it now."""
+    out: dict[str, str] = {}
+    for cm in config_maps:
+        text = ((cm or {}).get("data") or {}).get(CONFIG_FILE)
+        if not text:
+            continue
+        try:
+            doc = yaml.safe_load(text) or {}
+        except yaml.YAMLError:
+            continue
+        for adapter in ((doc.get("model") or {}).get("adapters") or []):
+            if isinstance(adapter, dict) and adapter.get("name") and adapter.get("uri"):
+                out.setdefault(adapter["name"], adapter["uri"])
+    return out
+
+
+def resolve_adapter_uris(md: ModelDeployment, finetunejobs: dict[str, dict[str, Any] | None],
+                         served: dict[str, str]) -> dict[str, str]:
+    """FineTuneJob name -> adapter URI for every job the spec references that can be served.
+
+    A Succeeded job gives its adapter. A job that is not Succeeded *now* (retrained, deleted, or its status
+    rewritten) keeps the URI its adapters are already served with, read from the live ConfigMaps: a
+    finished adapter stays valid, and tearing down a serving variant because its job went back to Running
+    would be an outage. Only a job never served waits (WaitingForAdapter)."""
+    models = [md.spec.model] + ([md.spec.canary.model] if md.spec.canary else [])
+    out: dict[str, str] = {}
+    for job in sorted({a.fine_tune_job_ref.name for m in models for a in m.adapters if a.fine_tune_job_ref}):
+        uri = finetunejob_adapter_uri(finetunejobs.get(job))
+        if uri is None:
+            names = [a.name for m in models for a in m.adapters
+                     if a.fine_tune_job_ref and a.fine_tune_job_ref.name == job]
+            uri = next((served[n] for n in names if n in served), None)
+        if uri:
+            out[job] = uri
+    return out
 
 
 def variant_plans(md: ModelDeployment, inputs: ServingInputs) -> list[VariantPlan]:
@@ -293,6 +349,20 @@ def build_service(md: ModelDeployment, variant: str | None) -> dict[str, Any]:
                      "ports": [{"name": "http", "port": SERVE_PORT, "targetPort": "http", "protocol": "TCP"}]}}
 
 
+def build_health_check_policy(md: ModelDeployment, variant: str) -> dict[str, Any]:
+    """GKE's health check for the load balancer backend behind a variant's Service. Without it the GKE
+    Gateway probes `/` on the serving port, which vLLM answers 404, so every backend is marked unhealthy
+    and the route serves nothing; vLLM's health endpoint is `/health` on that same port."""
+    name = child_name(md.metadata["name"], variant)
+    return {"apiVersion": HEALTH_CHECK_API_VERSION, "kind": "HealthCheckPolicy", "metadata": _meta(md, name, variant),
+            "spec": {"default": {"checkIntervalSec": 15, "timeoutSec": 5, "healthyThreshold": 1,
+                                 "unhealthyThreshold": 2,
+                                 "config": {"type": "HTTP", "httpHealthCheck": {
+                                     "portSpecification": "USE_FIXED_PORT", "port": SERVE_PORT,
+                                     "requestPath": "/health"}}},
+                     "targetRef": {"group": "", "kind": "Service", "name": name}}}
+
+
 def _quantity(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{round(value * 1000)}m"
 
@@ -393,6 +463,8 @@ def build_children(md: ModelDeployment, settings: Settings, inputs: ServingInput
         if md.spec.autoscaling.enabled and plan.buildable:
             out.append(build_hpa(md, plan.name))
         out.append(build_pdb(md, plan.name))
+        if md.spec.routing.gateway and inputs.health_check_policy:
+            out.append(build_health_check_policy(md, plan.name))
     out.append(build_service(md, None))
     if md.spec.routing.gateway:
         out.append(build_httproute(md, plans))
@@ -409,7 +481,7 @@ def child_keys(md_name: str) -> list[tuple[str, str, str]]:
         n = child_name(md_name, variant)
         keys += [("v1", "ConfigMap", config_map_name(md_name, variant)), ("apps/v1", "Deployment", n),
                  ("v1", "Service", n), ("autoscaling/v2", "HorizontalPodAutoscaler", n),
-                 ("policy/v1", "PodDisruptionBudget", n)]
+                 ("policy/v1", "PodDisruptionBudget", n), (HEALTH_CHECK_API_VERSION, "HealthCheckPolicy", n)]
     keys += [("v1", "Service", md_name), (f"{GATEWAY_GROUP}/v1", "HTTPRoute", md_name),
              ("monitoring.googleapis.com/v1", "PodMonitoring", md_name),
              ("monitoring.coreos.com/v1", "ServiceMonitor", md_name)]

@@ -3,11 +3,17 @@
 Every run (on create/update/resume, and on a timer for what changes without an event: load, canary
 analysis, cost) does the same thing:
 
-1. resolve adapter URIs from referenced FineTuneJobs (missing -> that variant waits, WaitingForAdapter);
+1. resolve adapter URIs from referenced FineTuneJobs (Succeeded, or already served per the live ConfigMap;
+   otherwise that variant waits, WaitingForAdapter);
 2. read the serving pods' /metrics and /v1/models (URL from `settings.serving_url_template`);
-3. decide the canary's promotion step (pure `llmforge.promotion`), from the state kept in status;
+3. decide the canary's promotion step (pure `llmforge.promotion`), from the state kept in status, judging
+   the canary on the counters since the step began (the baseline is kept in status.analysisWindow);
 4. build the children (pure builders) and server-side apply them; delete the ones no longer built;
 5. derive status from the children as they are now (pure `llmforge.status.modeldeployment`).
+
+A ModelDeployment waiting for a FineTuneJob or an Evaluation learns of its change from the timer, which
+reads them fresh every run: level-triggered, so nothing depends on catching the moment it changed. No
+kopf handler watches those kinds for us (controllers/evaluation.py says why).
 
 The blocking work runs in a thread; kopf events are emitted back on the event loop.
 """
@@ -31,8 +37,8 @@ from ..builders import modeldeployment as b
 from ..promotion import Decision, Gate, Policy, Sample, State, decide, parse_interval, revision
 from ..settings import Settings
 from ..status.conditions import get_condition
-from ..status.modeldeployment import CostInputs, ObservedVariant, compute_status, parse_iso, rolled_out
-from ..status.servingmetrics import PodMetrics, aggregate, loaded_adapters, parse_metrics
+from ..status.modeldeployment import CostInputs, ObservedVariant, compute_status, iso, parse_iso, rolled_out
+from ..status.servingmetrics import PodMetrics, aggregate, loaded_adapters, parse_metrics, snapshot, window
 from . import run
 from .pricingcache import prices
 
@@ -97,17 +103,18 @@ _TOKENS: dict[tuple[str, str], tuple[float, float]] = {}
 # -- observation ----------------------------------------------------------------------------------------
 
 def adapter_uris(k: Kube, md: ModelDeployment, namespace: str) -> dict[str, str]:
-    """FineTuneJob name -> output adapterUri, for Succeeded jobs the spec references."""
+    """FineTuneJob name -> adapter URI: from Succeeded jobs, else as already served (b.resolve_adapter_uris)."""
     models = [md.spec.model] + ([md.spec.canary.model] if md.spec.canary else [])
-    jobs = {a.fine_tune_job_ref.name for m in models for a in m.adapters if a.fine_tune_job_ref}
-    out = {}
-    for job in sorted(jobs):
-        obj = k.get(API_VERSION, "FineTuneJob", namespace, job)
-        st = (obj or {}).get("status") or {}
-        uri = (st.get("output") or {}).get("adapterUri")
-        if uri and st.get("phase") in (None, "Succeeded"):
-            out[job] = uri
-    return out
+    jobs = sorted({a.fine_tune_job_ref.name for m in models for a in m.adapters if a.fine_tune_job_ref})
+    if not jobs:
+        return {}
+    ftjs = {job: k.get(API_VERSION, "FineTuneJob", namespace, job) for job in jobs}
+    served: dict[str, str] = {}
+    if any(b.finetunejob_adapter_uri(obj) is None for obj in ftjs.values()):
+        name = md.metadata["name"]
+        served = b.served_adapter_uris([k.get("v1", "ConfigMap", namespace, b.config_map_name(name, v))
+                                        for v in (b.STABLE, b.CANARY)])
+    return b.resolve_adapter_uris(md, ftjs, served)
 
 
 def _fetch(url: str, timeout: float) -> str | None:
@@ -143,9 +150,12 @@ def observe_pods(k: Kube, settings: Settings, namespace: str, md_name: str, vari
         text = _fetch(f"{base}/metrics", settings.serving_http_timeout_seconds)
         if text is not None:
             try:
-                metrics.append(parse_metrics(text))
+                pm = parse_metrics(text)
             except ValueError:
                 pass
+            else:
+                pm.pod = (pod.get("metadata") or {}).get("name", "")
+                metrics.append(pm)
         models = _fetch(f"{base}/v1/models", settings.serving_http_timeout_seconds)
         if models is not None:
             try:
@@ -173,6 +183,18 @@ def previous_state(status: dict[str, Any]) -> State | None:
     started = parse_iso(status.get("stepStartedAt"))
     return State(status["canaryRevision"], int(status["promotionStep"]), int(status.get("canaryWeight") or 0),
                  started.timestamp() if started else time.time(), status.get("promotionPhase") or "Progressing")
+
+
+def analysis_window(prev_window: dict[str, Any] | None, prev: State | None, rev: str, pods: list[PodMetrics],
+                    now: datetime) -> dict[str, Any]:
+    """The window the canary is judged on this run: the one in status when it belongs to the current
+    revision and step, else (first run, or a status written before windows existed) one starting now."""
+    w = prev_window or {}
+    if (prev is not None and prev.revision == rev and w.get("canaryRevision") == rev
+            and w.get("step") == prev.step and isinstance(w.get("baseline"), list)):
+        return {"canaryRevision": rev, "step": prev.step, "since": w.get("since"), "baseline": w["baseline"]}
+    return {"canaryRevision": rev, "step": None if prev is None else prev.step, "since": iso(now),
+            "baseline": snapshot(pods)}
 
 
 def monitoring_kind(k: Kube) -> b.Monitoring:
@@ -216,20 +238,33 @@ def reconcile_sync(body: dict[str, Any], settings: Settings, k: Kube, now: datet
 
     canary = md.spec.canary
     decision: Decision | None = None
+    analysis: dict[str, Any] | None = None
     if canary is not None and canary.promotion is not None:
         promo = canary.promotion
         policy = Policy(tuple(promo.steps), parse_interval(promo.interval), promo.analysis.max_error_rate,
                         promo.analysis.max_p95_latency_ms, promo.analysis.min_requests)
-        cm = aggregate(observed[b.CANARY][0])
+        prev = previous_state(status)
+        rev = revision(canary.model_dump(by_alias=True, mode="json"))
+        cpods = observed[b.CANARY][0]
+        analysis = analysis_window(status.get("analysisWindow"), prev, rev, cpods, now)
+        cm = window(cpods, analysis["baseline"])
         gate = evaluation_gate(k, namespace, promo.evaluation_ref.name)
         _, missing = b.resolve_model(canary.model, uris)
         if gate.passed and (missing or not observed[b.CANARY][1]):
             # Never send more traffic to a canary that is not serving (no ready pod answered /v1/models).
             gate = Gate(False, f"canary not serving: FineTuneJob {', '.join(missing)} has no adapter yet"
                         if missing else "canary not serving yet: no ready pod answers")
-        decision = decide(previous_state(status), rev=revision(canary.model_dump(by_alias=True, mode="json")),
-                          initial_weight=canary.weight, policy=policy, gate=gate,
+        decision = decide(prev, rev=rev, initial_weight=canary.weight, policy=policy, gate=gate,
                           sample=Sample(cm.requests, cm.errors, cm.p95_ms), now=now.timestamp())
+        st = decision.state
+        if st.phase == "Progressing" and (prev is None or (st.revision, st.step, st.step_started_at)
+                                          != (prev.revision, prev.step, prev.step_started_at)):
+            # A new step (or a new canary) is judged on its own traffic: the window restarts from the counters
+            # now. RolledBack keeps the window that breached, so status shows the numbers that decided it.
+            analysis = {"canaryRevision": st.revision, "step": st.step,
+                        "since": iso(datetime.fromtimestamp(st.step_started_at, UTC)), "baseline": snapshot(cpods)}
+            cm = window(cpods, analysis["baseline"])
+        analysis.update(requests=cm.requests, errors=cm.errors, errorRate=cm.error_rate, p95LatencyMs=cm.p95_ms)
         if decision.transition:
             kind = "Warning" if decision.action == "RolledBack" else "Normal"
             events.append((kind, decision.action, f"canary {decision.previous_weight}% -> "
@@ -237,6 +272,8 @@ def reconcile_sync(body: dict[str, Any], settings: Settings, k: Kube, now: datet
 
     promoted = decision is not None and decision.state.phase == "Promoted"
     inputs = b.ServingInputs(adapter_uris=uris, promoted=promoted, monitoring=monitoring_kind(k),
+                             health_check_policy=bool(md.spec.routing.gateway)
+                             and k.has_kind(b.HEALTH_CHECK_API_VERSION, "HealthCheckPolicy"),
                              usd_per_gpu_hour=rate,
                              canary_weight=None if decision is None else decision.state.weight)
     if promoted:
@@ -260,10 +297,9 @@ def reconcile_sync(body: dict[str, Any], settings: Settings, k: Kube, now: datet
     for api_version, kind, child in b.child_keys(name):
         if (api_version, kind, child) in built:
             continue
-        if kind in ("PodMonitoring", "ServiceMonitor") and not k.has_kind(api_version, kind):
-            continue
-        if kind == "HTTPRoute" and not k.has_kind(api_version, kind):
-            continue
+        if kind in ("PodMonitoring", "ServiceMonitor", "HTTPRoute", "HealthCheckPolicy") and not k.has_kind(
+                api_version, kind):
+            continue  # the cluster does not serve the kind, so there is nothing of it to prune
         existing = k.get(api_version, kind, namespace, child)
         if existing and ((existing.get("metadata") or {}).get("labels") or {}).get(b.LABEL_MD) == name:
             k.delete(api_version, kind, namespace, child)
@@ -283,7 +319,7 @@ def reconcile_sync(body: dict[str, Any], settings: Settings, k: Kube, now: datet
             tokens_per_second=_tokens_per_second(uid, plan.name, agg.generation_tokens, agg.pods)))
     cost = CostInputs(gpus, rate, accelerator, md.spec.resources.spot, source)
     new_status = compute_status(body, variants, cost, endpoint=b.endpoint(name, namespace), decision=decision,
-                                promotion_configured=decision is not None, now=now)
+                                promotion_configured=decision is not None, now=now, analysis_window=analysis)
     return Outcome(new_status, events)
 
 

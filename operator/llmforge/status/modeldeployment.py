@@ -197,7 +197,7 @@ def accrue_cost(prev_cost: dict[str, Any] | None, usd_per_hour: float, cost: Cos
 
 def compute_status(body: dict[str, Any], variants: list[ObservedVariant], cost: CostInputs, *,
                    endpoint: str, decision: Decision | None, promotion_configured: bool,
-                   now: datetime) -> dict[str, Any]:
+                   now: datetime, analysis_window: dict[str, Any] | None = None) -> dict[str, Any]:
     """The status fields to patch (everything but kopf's own)."""
     prev = body.get("status") or {}
     gen = (body.get("metadata") or {}).get("generation")
@@ -272,6 +272,8 @@ def compute_status(body: dict[str, Any], variants: list[ObservedVariant], cost: 
             cond("Promoting", False, "RolledBack", "canary rolled back to 0%")
         out.update(promotionStep=st.step, stepStartedAt=iso(datetime.fromtimestamp(st.step_started_at, UTC)),
                    promotionPhase=st.phase, canaryRevision=st.revision)
+    # None clears a window left from a canary that no longer has a promotion (merge patch: null deletes).
+    out["analysisWindow"] = analysis_window if promotion_configured and decision is not None else None
 
     ready_cond = next(c for c in conds if c["type"] == "Ready")
     prev_available = next((c for c in prev.get("conditions") or [] if c.get("type") == "Available"), None)

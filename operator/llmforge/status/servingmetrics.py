@@ -6,6 +6,11 @@ Requests and errors come from the usage middleware's `llmforge_requests_total` /
 (status 5xx over the inference handlers); otherwise from `vllm:request_success_total` (no errors known).
 p95 comes from the `vllm:e2e_request_latency_seconds` histogram (summed over pods, interpolated inside the
 bucket as Prometheus' histogram_quantile does), falling back to the middleware's own histogram.
+
+The pods' counters are cumulative since each pod started, so the canary analysis judges a window instead:
+`snapshot` records each pod's counters when a promotion step begins (the controller keeps that in status,
+so an operator restart continues the same window), and `window` subtracts it from the counters now. An
+early burst of errors then ages out at the next step, and a fresh breach is not diluted by old traffic.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ class PodMetrics:
     """le (seconds) -> cumulative count."""
     source: str = "none"
     """Which series the request counts came from."""
+    pod: str = ""
+    """The pod's name (the key of its window baseline)."""
 
 
 def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -144,3 +151,40 @@ def loaded_adapters(models: dict[str, Any]) -> list[str]:
     the base model's served name; the base itself has no parent."""
     return sorted({e["id"] for e in models.get("data") or []
                    if isinstance(e, dict) and e.get("id") and e.get("parent")})
+
+
+def _le_key(le: float) -> str:
+    return "+Inf" if math.isinf(le) else repr(le)
+
+
+def snapshot(pods: list[PodMetrics]) -> list[dict[str, Any]]:
+    """Each pod's counters as the window baseline kept in status (JSON: bucket bounds become strings)."""
+    return [{"pod": p.pod, "requests": p.requests, "errors": p.errors,
+             "latencyBuckets": {_le_key(le): v for le, v in sorted(p.latency_buckets.items())}}
+            for p in sorted(pods, key=lambda p: p.pod) if p.pod]
+
+
+def window(pods: list[PodMetrics], baseline: list[dict[str, Any]]) -> VariantMetrics:
+    """The pods' counters since `baseline` (a `snapshot`), summed, with latency buckets as deltas too.
+
+    As Prometheus' increase() does, a counter lower than its baseline means the pod restarted: everything it
+    counts now is new. A pod without a baseline entry (it became ready after the window began) counts whole.
+    Only requests, errors and latency are windowed (what the analysis judges); the baseline holds nothing else."""
+    base = {b.get("pod"): b for b in baseline if isinstance(b, dict)}
+    deltas = []
+    for p in pods:
+        b = base.get(p.pod)
+        if b is None:
+            deltas.append(p)
+            continue
+        b_buckets = {float(le): float(v) for le, v in (b.get("latencyBuckets") or {}).items()}
+        reset = (p.requests < float(b.get("requests") or 0) or p.errors < float(b.get("errors") or 0)
+                 or any(p.latency_buckets.get(le, 0.0) < v for le, v in b_buckets.items()))
+        if reset:
+            deltas.append(p)
+            continue
+        deltas.append(PodMetrics(
+            requests=p.requests - float(b.get("requests") or 0), errors=p.errors - float(b.get("errors") or 0),
+            latency_buckets={le: v - b_buckets.get(le, 0.0) for le, v in p.latency_buckets.items()},
+            source=p.source, pod=p.pod))
+    return aggregate(deltas)
