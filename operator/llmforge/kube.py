@@ -22,6 +22,8 @@ API_REQUESTS = Counter("llmforge_api_requests_total", "Kubernetes API requests m
                        ["verb", "resource", "code"])
 API_SECONDS = Histogram("llmforge_api_request_duration_seconds", "Kubernetes API request latency, as we see it",
                         ["verb"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+#: Exponentially weighted mean API latency (seconds): how busy the API server is right now, as we see it.
+latency_ewma = 0.0
 #: Connections kept per API server; sized to the operator's API thread pool so none is discarded.
 POOL_SIZE = 32
 
@@ -90,7 +92,10 @@ def call(method: str, url_path: str, body: Any = None, query: dict[str, str] | N
     start = time.perf_counter()
     resp = api.call_api(m, url, hdrs, data, post, _request_timeout=timeout)
     raw = resp.read()
-    API_SECONDS.labels(method).observe(time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    API_SECONDS.labels(method).observe(elapsed)
+    global latency_ewma
+    latency_ewma += 0.05 * (elapsed - latency_ewma)  # a race between threads only blurs an average
     API_REQUESTS.labels(method, _resource(url_path), str(resp.status)).inc()
     if resp.status >= 400:
         exc = ApiException(status=resp.status, reason=resp.reason)

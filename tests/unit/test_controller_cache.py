@@ -67,3 +67,13 @@ def test_forget_drops_pods_and_trust():
     kids.seed(KEY, [pod("a", 1)], "1")
     kids.forget(KEY)
     assert kids.items(KEY) == [] and not kids.fresh(KEY, ttl=60)
+
+
+def test_slim_keeps_only_the_spec_fields_asked_for_and_drops_kopfs_spec_copy():
+    body = {"metadata": {"uid": "u", "annotations": {"llmforge.dev/last-handled-configuration": "{...}",
+                                                     "team": "ml"}},
+            "spec": {"nodeName": "gke-l4-0", "containers": [{"name": "trainer"}], "volumes": []}}
+    out = slim(body, ("nodeName",))
+    assert out["spec"] == {"nodeName": "gke-l4-0"}
+    assert out["metadata"]["annotations"] == {"team": "ml"}
+    assert slim(body)["spec"] == body["spec"]

@@ -20,6 +20,7 @@ from typing import Any
 Key = tuple[str, str]
 #: Fields dropped from cached bodies: large, and nothing we compute reads them.
 _DROP_META = ("managedFields",)
+_DIFFBASE = "/last-handled-configuration"
 _TOMBSTONES = 4096
 
 
@@ -28,27 +29,34 @@ def _rv(body: dict[str, Any]) -> int:
     return int(raw) if raw.isdigit() else 0
 
 
-def slim(body: Any) -> dict[str, Any]:
-    """A plain-dict copy without managedFields."""
+def slim(body: Any, spec_keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """A plain-dict copy without managedFields or kopf's copy of the last-handled spec, and with only
+    `spec_keys` of the spec when given (a pod's containers and volumes are most of its size, and unread)."""
     out = dict(body)
     meta = dict(out.get("metadata") or {})
     for key in _DROP_META:
         meta.pop(key, None)
+    if any(k.endswith(_DIFFBASE) for k in meta.get("annotations") or {}):
+        meta["annotations"] = {k: v for k, v in meta["annotations"].items() if not k.endswith(_DIFFBASE)}
     out["metadata"] = meta
+    if spec_keys is not None:
+        spec = out.get("spec") or {}
+        out["spec"] = {k: spec[k] for k in spec_keys if k in spec}
     return out
 
 
 class Latest:
     """The newest body seen per key."""
 
-    def __init__(self) -> None:
+    def __init__(self, spec_keys: tuple[str, ...] | None = None) -> None:
         self._items: dict[Key, dict[str, Any]] = {}
+        self._spec_keys = spec_keys
 
     def get(self, key: Key) -> dict[str, Any] | None:
         return self._items.get(key)
 
     def put(self, key: Key, body: Any) -> dict[str, Any]:
-        new = slim(body)
+        new = slim(body, self._spec_keys)
         old = self._items.get(key)
         if old is None or _rv(new) >= _rv(old):
             self._items[key] = new
@@ -65,8 +73,9 @@ class Latest:
 class Children:
     """Pods (or any children) per owner key, by uid."""
 
-    def __init__(self) -> None:
+    def __init__(self, spec_keys: tuple[str, ...] | None = None) -> None:
         self._by_owner: dict[Key, dict[str, dict[str, Any]]] = {}
+        self._spec_keys = spec_keys
         self._seeded: dict[Key, float] = {}
         self._deleted: dict[str, None] = {}
 
@@ -83,7 +92,7 @@ class Children:
             return
         group = self._by_owner.setdefault(key, {})
         old = group.get(uid)
-        new = slim(body)
+        new = slim(body, self._spec_keys)
         if old is None or _rv(new) >= _rv(old):
             group[uid] = new
 

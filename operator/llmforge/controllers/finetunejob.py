@@ -47,8 +47,9 @@ PROGRESS_TIMEOUT_SECONDS = 1.5
 PENDING_EVERY = 2
 #: Threads for blocking API calls (asyncio's default is cores + 4, too few for many jobs' I/O).
 API_THREADS = kube.POOL_SIZE
-#: Child events within this window share one status refresh.
-DEBOUNCE_SECONDS = 1.0
+#: Child events within this window share one status refresh; it widens with the API server's latency
+#: (backpressure: a busy API server gets fewer, fuller status writes), up to the maximum.
+DEBOUNCE_SECONDS, DEBOUNCE_LATENCY_FACTOR, DEBOUNCE_MAX_SECONDS = 1.0, 4.0, 10.0
 #: A cached pod list is re-checked against the API after this long (heals a DELETED event lost in a
 #: watch restart).
 POD_LIST_TTL_SECONDS = 60.0
@@ -64,7 +65,8 @@ _tasks: set[asyncio.Task] = set()
 LOG = logging.getLogger("llmforge.finetunejob")
 _loop_interval = [15.0]
 _loop = Loop(lambda: status_loop(_loop_interval[0], LOG))
-_ftjs, _jobs, _pods = Latest(), Latest(), Children()
+#: Only what `sync` and the status read is cached of Jobs and Pods.
+_ftjs, _jobs, _pods = Latest(), Latest(spec_keys=("suspend",)), Children(spec_keys=("nodeName",))
 
 
 def _settings() -> Settings:
@@ -323,8 +325,12 @@ async def refresh(namespace: str, name: str, logger: Any, read_progress: bool = 
                  + f", ${(status.get('cost') or {}).get('usd') or 0:.2f}")
 
 
+def debounce_seconds(api_latency: float) -> float:
+    return min(DEBOUNCE_MAX_SECONDS, max(DEBOUNCE_SECONDS, DEBOUNCE_LATENCY_FACTOR * api_latency))
+
+
 async def _debounced_refresh(key: Key, logger: Any) -> None:
-    await asyncio.sleep(DEBOUNCE_SECONDS)
+    await asyncio.sleep(debounce_seconds(kube.latency_ewma))
     try:
         await instrumented(KIND, "child")(refresh)(key[0], key[1], logger)
     except Exception as exc:  # noqa: BLE001 (the status loop and the next event retry)
