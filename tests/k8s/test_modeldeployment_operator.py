@@ -325,14 +325,13 @@ def _served(k: Kube, api_version: str, kind: str) -> bool:
         return False
 
 
-@pytest.fixture
-def podmonitoring_crd(kube_api):
-    """Install the PodMonitoring test-fixture CRD (it stays for the rest of the session)."""
+def install_fixture_crd(kube_api, fixture: str, what: str):
+    """Install a test-fixture CRD and wait until it is served (it stays for the rest of the session)."""
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
     ext = client.ApiextensionsV1Api(kube_api.dyn.client)
-    crd = yaml.safe_load((ROOT / "tests/fixtures/test_fixture_podmonitoring_crd.yaml").read_text())
+    crd = yaml.safe_load((ROOT / "tests/fixtures" / fixture).read_text())
     try:
         ext.create_custom_resource_definition(crd)
     except ApiException as e:
@@ -340,9 +339,14 @@ def podmonitoring_crd(kube_api):
             raise
     wait_until(lambda: any(c.type == "Established" and c.status == "True" for c in
                            ext.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions or []),
-               30, "PodMonitoring CRD Established")
+               30, f"{what} CRD Established")
     kube_api.dyn.resources.invalidate_cache()
     return kube_api
+
+
+@pytest.fixture
+def podmonitoring_crd(kube_api):
+    return install_fixture_crd(kube_api, "test_fixture_podmonitoring_crd.yaml", "PodMonitoring")
 
 
 def test_podmonitoring_when_the_cluster_has_the_crd(podmonitoring_crd, operator, double):
@@ -356,22 +360,7 @@ def test_podmonitoring_when_the_cluster_has_the_crd(podmonitoring_crd, operator,
 
 @pytest.fixture
 def healthcheckpolicy_crd(kube_api):
-    """Install the HealthCheckPolicy test-fixture CRD (it stays for the rest of the session)."""
-    from kubernetes import client
-    from kubernetes.client.rest import ApiException
-
-    ext = client.ApiextensionsV1Api(kube_api.dyn.client)
-    crd = yaml.safe_load((ROOT / "tests/fixtures/test_fixture_healthcheckpolicy_crd.yaml").read_text())
-    try:
-        ext.create_custom_resource_definition(crd)
-    except ApiException as e:
-        if e.status != 409:
-            raise
-    wait_until(lambda: any(c.type == "Established" and c.status == "True" for c in
-                           ext.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions or []),
-               30, "HealthCheckPolicy CRD Established")
-    kube_api.dyn.resources.invalidate_cache()
-    return kube_api
+    return install_fixture_crd(kube_api, "test_fixture_healthcheckpolicy_crd.yaml", "HealthCheckPolicy")
 
 
 def test_healthcheckpolicy_per_variant_when_gke_serves_the_kind(healthcheckpolicy_crd, operator, double):

@@ -26,6 +26,7 @@ from ..builders.common import MANAGED_BY, MANAGED_BY_LABEL
 from ..builders.finetunejob import FTJ_LABEL, build_configmap, build_job, job_name
 from ..estimate import check_fit
 from ..settings import Settings
+from ..status.attempts import parse_time
 from ..status.conditions import set_condition
 from ..status.finetunejob import (
     Placement,
@@ -180,10 +181,8 @@ async def sync(resource: dict[str, Any], settings: Settings, *, apply_children: 
 
 
 def _age_seconds(obj: dict[str, Any]) -> float:
-    created = obj.get("metadata", {}).get("creationTimestamp")
-    if not created:
-        return 0.0
-    return (datetime.now(UTC) - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds()
+    created = parse_time(obj.get("metadata", {}).get("creationTimestamp"))
+    return (datetime.now(UTC) - created).total_seconds() if created else 0.0
 
 
 def _pod_create_error(namespace: str, job: dict[str, Any]) -> str | None:
