@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,7 +197,8 @@ def operator_as_chart_sa(audited_cluster, tmp_path_factory):
             proc.kill()
 
 
-def _wait_phase(run: Run, name: str, phases: tuple[str, ...], timeout: float = 120, job: bool = False) -> dict:
+def _wait_phase(run: Run, name: str, phases: tuple[str, ...], timeout: float = 120, job: bool = False,
+                until: Callable[[dict], bool] = lambda status: True) -> dict:
     with _api(run.local) as api:
         objs = client.CustomObjectsApi(api)
         deadline, obj = time.monotonic() + timeout, {}
@@ -204,7 +206,7 @@ def _wait_phase(run: Run, name: str, phases: tuple[str, ...], timeout: float = 1
             obj = objs.get_namespaced_custom_object("llmforge.dev", "v1alpha1", run.ns, "finetunejobs", name)
             status = obj.get("status") or {}
             if (status.get("phase") in phases and status.get("observedGeneration") == obj["metadata"]["generation"]
-                    and (status.get("jobName") or not job)):
+                    and (status.get("jobName") or not job) and until(status)):
                 return obj
             time.sleep(1)
     pytest.fail(f"{name}: phase not in {phases}: {obj.get('status')}\n{run.log.read_text()[-3000:]}")
@@ -334,8 +336,9 @@ def test_operator_reconciles_with_exactly_the_chart_rbac(operator_as_chart_sa):
     # A Job whose pods cannot be created (no such ServiceAccount): the operator reads the FailedCreate Event.
     _create(run, "no-sa", resources={"accelerator": "nvidia-l4", "count": 1},
             training={"batchSize": 1, "maxSeqLength": 1024}, serviceAccountName="does-not-exist")
-    _wait_phase(run, "no-sa", ("Pending", "Failed"), job=True)
-    time.sleep(6)  # let timer ticks (progress/cost, FailedCreate) run with the same credentials
+    _wait_phase(run, "no-sa", ("Pending", "Failed"), job=True, until=lambda status: any(
+        c.get("reason") == "FailedCreate" for c in status.get("conditions") or []))
+    time.sleep(4)  # let timer ticks (progress/cost) run with the same credentials
     with _api(local) as api:
         objs = client.CustomObjectsApi(api)
         objs.delete_namespaced_custom_object("llmforge.dev", "v1alpha1", ns, "finetunejobs", "rbac-check")
