@@ -9,6 +9,11 @@ Measures, in one run:
     python bench/operator_scale.py                      # 1,000 jobs, large-cluster client QPS
     python bench/operator_scale.py -n 100               # quicker
     python bench/operator_scale.py --profile default    # upstream kube-controller-manager defaults
+    python bench/operator_scale.py --native             # the floor: the same Jobs, created directly
+
+`--native` runs no operator: it creates the Jobs the operator would build (no owner) with the same client
+threads, and times until every Job is Complete. That is how fast this machine's control plane finishes
+N such Jobs at all, the reference for the operator's convergence time.
 
 The `large` profile raises kube-controller-manager's and kube-scheduler's client QPS (upstream defaults
 are 20 and 50 requests/s, which alone need minutes for 1,000 Jobs' ~5 writes each) and the Job
@@ -111,6 +116,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--profile", choices=sorted(PROFILES), default="large")
     ap.add_argument("--l4-nodes", type=int, default=None, help="8-GPU L4 nodes to add (default: n / 8)")
+    ap.add_argument("--native", action="store_true", help="no operator: create the Jobs directly (the floor)")
     args = ap.parse_args()
 
     # Enough fake GPUs for every job at once (g2-standard-96: 8 x L4), so the pods run in parallel and the
@@ -133,6 +139,8 @@ def main() -> int:
             except Exception:  # noqa: BLE001
                 time.sleep(0.5)
 
+        if args.native:
+            return native(args, cluster)
         metrics_port = free_port()
         log = open(Path(tempfile.gettempdir()) / "llmforge-bench-operator.log", "w")  # noqa: SIM115
         op = subprocess.Popen([sys.executable, "-m", "llmforge.cli.main", "operator", "-n", NS,
@@ -196,6 +204,76 @@ def main() -> int:
     return 0 if converged else 1
 
 
+def native(args: argparse.Namespace, cluster: LocalCluster) -> int:
+    """The same N Jobs created directly, no operator: time until all are Complete."""
+    from llmforge.builders.finetunejob import build_job
+    from llmforge.settings import Settings
+
+    settings = Settings()
+    created: dict[str, float] = {}
+    job_seen: dict[str, float] = {}
+    pod_seen: dict[str, float] = {}
+    done: dict[str, float] = {}
+    stop = threading.Event()
+    api = client.ApiClient(kube.api_client().configuration)
+    owned = "app.kubernetes.io/managed-by=llmforge"
+
+    def complete(obj: dict) -> None:
+        name = (obj.get("metadata", {}).get("labels") or {}).get("llmforge.dev/finetunejob")
+        if name and name not in done and any(c.get("type") == "Complete" and c.get("status") == "True"
+                                             for c in (obj.get("status") or {}).get("conditions") or []):
+            done[name] = time.monotonic()
+
+    for target, wanted, handle in ((kube.path("batch/v1", "Job", NS), b'{"type":"ADDED"', first_seen(job_seen)),
+                                   (kube.path("v1", "Pod", NS), b'{"type":"ADDED"', first_seen(pod_seen)),
+                                   (kube.path("batch/v1", "Job", NS), b'"type":"Complete"', complete)):
+        threading.Thread(target=watch_raw, daemon=True, args=(api, target, owned, handle, stop, wanted)).start()
+    time.sleep(3)
+
+    def make(i: int) -> None:
+        name = f"b{i:05d}"
+        manifest = {**ftj_manifest(name), "metadata": {"name": name, "namespace": NS}}
+        post_with_retries(kube.path("batch/v1", "Job", NS), build_job(manifest, settings))
+        created[name] = time.monotonic()
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(args.workers) as pool:
+        list(pool.map(make, range(args.n)))
+    create_s = time.monotonic() - t0
+    converged = None
+    while time.monotonic() - t0 < args.timeout:
+        if len(done) >= args.n:
+            converged = max(done.values()) - t0
+            break
+        time.sleep(0.5)
+    stop.set()
+    job_pod = [pod_seen[n] - job_seen[n] for n in job_seen if n in pod_seen]
+    print(f"""### Native floor ({datetime.now(UTC):%Y-%m-%d}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at the end)
+
+`python bench/operator_scale.py -n {args.n} --profile {args.profile} --native`: {args.n} trainer Jobs (as the
+operator builds them) created directly by {args.workers} client threads in {create_s:.1f} s, no operator.
+Job -> Pod exists p50 {pct(job_pod, 50) * 1000:.0f} ms, p99 {pct(job_pod, 99) * 1000:.0f} ms. All {args.n} Jobs Complete after:
+{f'{converged:.1f} s' if converged else 'not within the timeout'} (from the first create).
+""")
+    return 0 if converged else 1
+
+
+def post_with_retries(path: str, body: dict) -> None:
+    """POST; a saturated apiserver times out now and then, and 409 means an earlier try landed."""
+    for attempt in range(5):
+        try:
+            kube.request("POST", path, body, timeout=60)
+            return
+        except ApiException as exc:
+            if exc.status == 409:
+                return
+            if attempt == 4:
+                raise
+        except Exception:  # noqa: BLE001 (read timeout: retry)
+            if attempt == 4:
+                raise
+
+
 def apiserver_time() -> dict[str, list[float]]:
     """Seconds kube-apiserver spent serving each resource+verb (its own request-duration histogram),
     watches excluded."""
@@ -242,18 +320,7 @@ def run(args: argparse.Namespace, proc: psutil.Process, created: dict[str, float
         stop: threading.Event) -> tuple[float, float | None, int]:
     def make(i: int) -> None:
         name = f"b{i:05d}"
-        for attempt in range(5):  # a saturated apiserver times out now and then; 409 = an earlier try landed
-            try:
-                kube.request("POST", kube.path(*FTJ, NS), ftj_manifest(name), timeout=60)
-                break
-            except ApiException as exc:
-                if exc.status == 409:
-                    break
-                if attempt == 4:
-                    raise
-            except Exception:  # noqa: BLE001 (read timeout: retry)
-                if attempt == 4:
-                    raise
+        post_with_retries(kube.path(*FTJ, NS), ftj_manifest(name))
         created[name] = time.monotonic()
 
     t0 = time.monotonic()

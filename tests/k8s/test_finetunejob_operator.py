@@ -148,6 +148,8 @@ def test_job_created_and_bound_to_the_l4_node(ns, operator):
     assert cond(st, "Validated")["status"] == "True" and cond(st, "Complete")["status"] == "True"
     assert st["estimate"]["fits"] is True and st["estimate"]["gpuMemoryGiB"] > 5
     assert len(jobs(ns)) == 1
+    # Reconciles follow generation vs. observedGeneration: no kopf diff-base or progress annotations.
+    assert [a for a in get(ns, "l4")["metadata"].get("annotations") or {} if a.startswith("llmforge.dev/")] == []
     wait_until(lambda: {"Pending", "Succeeded"} <= {e["reason"] for e in kube.request(
         "GET", f"/api/v1/namespaces/{ns}/events")["items"] if e["involvedObject"].get("kind") == "FineTuneJob"},
         120, "phase-change events")

@@ -30,7 +30,6 @@ pytestmark = pytest.mark.k8s
 
 RESUMED = "Resuming operations after the pause"
 PAUSED = "Pausing operations in favour of"
-CREATED = "Creation is processed"
 
 
 def paused(log: str) -> bool:
@@ -129,10 +128,12 @@ def test_standby_replica_pauses_then_takes_over(cluster, tmp_path):
 
             create("first")
             assert len(_wait("a Job for the first FineTuneJob", lambda: jobs_of("first"))) == 1
-            _wait("the active replica's create handler", lambda: CREATED in procs[active][1].read_text(), detail=logs)
-            # The standby created nothing. (Before its first pause it may resume objects other tests left in the
-            # cluster, so only creations count.)
-            assert "finetunejobs-create" not in procs[standby][1].read_text(), logs()
+            # The operator logs each job's first phase as "New -> <phase>".
+            _wait("the active replica's reconcile", lambda: f"[{ns}/first] New -> " in procs[active][1].read_text(),
+                  detail=logs)
+            # The standby reconciled nothing of ours. (Before its first pause it may resume objects other tests
+            # left in the cluster, so only this namespace counts.)
+            assert f"[{ns}/" not in procs[standby][1].read_text(), logs()
 
             # A rollout stops the active pod with SIGTERM; kopf withdraws from the peering on the way out.
             procs[active][0].send_signal(signal.SIGTERM)
@@ -140,8 +141,8 @@ def test_standby_replica_pauses_then_takes_over(cluster, tmp_path):
             _wait("the standby to resume", lambda: not paused(procs[standby][1].read_text()), detail=logs)
             create("second")
             assert len(_wait("a Job for the second FineTuneJob", lambda: jobs_of("second"))) == 1
-            _wait("the new active replica's create handler", lambda: CREATED in procs[standby][1].read_text(),
-                  detail=logs)
+            _wait("the new active replica's reconcile",
+                  lambda: f"[{ns}/second] New -> " in procs[standby][1].read_text(), detail=logs)
             assert len(jobs_of("first")) == 1  # nothing redone by the replica that took over
     finally:
         for proc, _ in procs.values():

@@ -62,6 +62,17 @@ def test_a_deleted_pod_is_not_brought_back_by_a_list_that_raced_the_deletion():
     assert kids.items(KEY) == []
 
 
+def test_vouching_for_a_new_jobs_view_keeps_pods_its_watch_already_brought():
+    # The Job controller's pod (and the scheduler's Unschedulable verdict on it) can arrive by watch before
+    # the operator's create call returns; trusting the view must not drop it (it would stay unseen until
+    # the next list, a minute later).
+    kids = Children()
+    kids.put(KEY, pod("early", 4, "Pending"))
+    kids.vouch(KEY)
+    assert kids.fresh(KEY, ttl=60)
+    assert [p["metadata"]["uid"] for p in kids.items(KEY)] == ["early"]
+
+
 def test_forget_drops_pods_and_trust():
     kids = Children()
     kids.seed(KEY, [pod("a", 1)], "1")

@@ -57,7 +57,9 @@ app.kubernetes.io/component: operator
 {{/*
 What the operator does in a namespace it watches, and nothing more (tests/k8s/test_chart_rbac.py compares
 this with the kube-apiserver audit log of a real reconcile):
-- kopf watches the three kinds and patches them (finalizers, annotations) and their status subresource;
+- kopf watches the three kinds and patches them (finalizers; annotations on Evaluations and
+  ModelDeployments, and on a FineTuneJob only while an MLflow run needs marking KILLED on deletion) and
+  their status subresource;
   the FineTuneJob controller re-reads FineTuneJobs, the ModelDeployment controller reads the FineTuneJobs
   and Evaluations it serves and gates on;
 - Events: posted for handler outcomes; listed (field-selected) to surface a Job's FailedCreate reason;

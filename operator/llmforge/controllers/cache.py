@@ -121,6 +121,11 @@ class Children:
         self._seeded[key] = time.monotonic()
         return self.items(key)
 
+    def vouch(self, key: Key) -> None:
+        """Trust the view as it is, e.g. for a Job just created: whatever pods its watch already brought
+        are its only ones (they can arrive before the create call returns; a seed of [] would drop them)."""
+        self._seeded[key] = time.monotonic()
+
     def forget(self, key: Key) -> None:
         self._by_owner.pop(key, None)
         self._seeded.pop(key, None)

@@ -35,6 +35,7 @@ from ..status.finetunejob import (
     parse_progress,
     pending_message,
 )
+from . import admission
 from .background import Loop
 from .cache import Children, Latest
 from .metrics import PHASES, instrumented
@@ -63,6 +64,9 @@ _active: set[Key] = set()
 _pending: set[Key] = set()
 _queued: set[Key] = set()
 _tasks: set[asyncio.Task] = set()
+#: Jobs seen since start-up, and those with a reconcile in flight.
+_seen: set[Key] = set()
+_reconciling: set[Key] = set()
 LOG = logging.getLogger("llmforge.finetunejob")
 _loop_interval = [15.0]
 _loop = Loop(lambda: status_loop(_loop_interval[0], LOG))
@@ -118,8 +122,8 @@ async def _create_children(resource: dict[str, Any], settings: Settings,
 async def _pods_of(key: Key, job: dict[str, Any] | None, created: bool) -> list[dict[str, Any]]:
     """This Job's pods: from the cache while a recent list vouches for it, else listed (and the cache seeded)."""
     ns, name = key
-    if created:  # a Job this call created has no pods yet; its pods arrive by watch
-        _pods.seed(key, [], None)
+    if created:  # a Job this call created has no pods but those its watch brings
+        _pods.vouch(key)
     elif not _pods.fresh(key, POD_LIST_TTL_SECONDS):
         items, rv = await asyncio.to_thread(kube.list_at, "v1", "Pod", ns,
                                             f"{FTJ_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY}")
@@ -259,33 +263,82 @@ async def _write_status(key: Key, old: dict[str, Any], status: dict[str, Any]) -
         _ftjs.put(key, written)
 
 
-async def reconcile(model: Any, body: kopf.Body, patch: kopf.Patch, logger: Any, **_: Any) -> None:
-    """Create/update/resume, after admission passed (its conditions are already in patch.status).
+async def reconcile(body: dict[str, Any], logger: Any) -> dict[str, Any]:
+    """Admission, children and status for one FineTuneJob; returns the status written (or kept).
 
-    The status is written here, under the job's lock, rather than left in kopf's patch: kopf would write it
-    after the lock is released, and could then overwrite a newer status a child event has written meanwhile.
+    The status is written here, under the job's lock, in one write with admission's conditions.
     """
     resource = _plain(body)
     old = resource["status"]
-    resource["status"] = {**old, "conditions": list(patch.status.get("conditions") or old.get("conditions") or [])}
     meta = resource["metadata"]
-    key = (meta["namespace"], meta["name"])
-    _ftjs.put(key, body)
+    key, generation = (meta["namespace"], meta["name"]), meta.get("generation")
+    admitted = kopf.Patch()
+    model, warnings = admission.admit(body, admitted, logger)
     async with _lock(*key):
+        if model is None:  # admission wrote Validated=False, phase Failed and the reasons
+            status = {**old, **admitted.status}
+            await _write_status(key, old, status)
+            return status
+        if old.get("observedGeneration") != generation:  # advice once per generation, not per restart
+            for w in warnings:
+                kopf.warn(body, reason="Advice", message=f"{w.path}: {w.message}")
+        resource["status"] = {**old, "conditions": list(admitted.status["conditions"])}
         try:
             status = await sync(resource, _settings(), apply_children=True, read_progress=False, logger=logger)
-            await _write_status(key, old, status)
-        except ValueError as exc:  # spec the schema accepted but we cannot build: a person must fix it
+        except ValueError as exc:  # a spec the schema accepted but we cannot build: a person must fix it
             conds = set_condition(resource["status"]["conditions"], "Validated", False, "InvalidSpec", str(exc),
-                                  meta.get("generation"))
-            patch.status.update(conditions=conds, phase="Failed", failure={"reason": "InvalidSpec",
-                                                                          "message": str(exc)})
-            raise kopf.PermanentError(str(exc)) from exc
-        except ApiException as exc:
-            raise kopf.TemporaryError(f"API error {exc.status}: {exc.reason}", delay=5) from exc
-    patch.pop("status", None)
+                                  generation)
+            status = {**old, "conditions": conds, "phase": "Failed", "observedGeneration": generation,
+                      "failure": {"reason": "InvalidSpec", "message": str(exc)}}
+        await _write_status(key, old, status)
     _track(*key, status)
     _announce(body, old.get("phase"), status)
+    return status
+
+
+def _needs_reconcile(body: dict[str, Any]) -> bool:
+    """A generation the status has not observed: a new job, a spec change, or a write lost to a crash."""
+    return (body.get("status") or {}).get("observedGeneration") != body.get("metadata", {}).get("generation")
+
+
+async def _reconcile_until_done(key: Key, logger: Any) -> None:
+    """Reconcile until the newest generation is observed; API errors retry with backoff (1 s .. 60 s).
+
+    Level-based: each pass reads the newest cached FineTuneJob, so a spec change during a pass is picked
+    up by the next one, and a deleted job ends the loop.
+    """
+    delay, done_generation = 1.0, None
+    try:
+        while True:
+            body = _ftjs.get(key)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            generation = body["metadata"].get("generation")
+            if done_generation is not None and (generation == done_generation or not _needs_reconcile(body)):
+                return
+            try:
+                await instrumented(KIND, "reconcile")(reconcile)(body, logger)
+                done_generation, delay = generation, 1.0
+            except Exception as exc:  # noqa: BLE001 (retried: an API error, a timeout, a bug on one object)
+                logger.warning(f"[{key[0]}/{key[1]}] reconcile failed, retrying in {delay:.0f} s: {exc}")
+                await asyncio.sleep(delay)
+                delay = min(60.0, delay * 2)
+    finally:
+        _reconciling.discard(key)
+
+
+def _trigger(key: Key, body: dict[str, Any], logger: Any) -> None:
+    """Start a reconcile for a new generation, or for a live job first seen since start-up (the resume:
+    re-apply children a crash may have left half-made). One at a time per job."""
+    first = key not in _seen
+    _seen.add(key)
+    if key in _reconciling or body["metadata"].get("deletionTimestamp"):
+        return
+    if _needs_reconcile(body) or (first and (body.get("status") or {}).get("phase") not in TERMINAL):
+        _reconciling.add(key)
+        task = asyncio.create_task(_reconcile_until_done(key, logger))
+        _tasks.add(task)
+        task.add_done_callback(_tasks.discard)
 
 
 async def refresh(namespace: str, name: str, logger: Any, read_progress: bool = False) -> None:
@@ -375,18 +428,19 @@ async def pod_event(type: str | None, body: kopf.Body, namespace: str, labels: d
     _schedule(key, logger)
 
 
-async def ftj_event(type: str | None, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
-    """Keep the newest FineTuneJob in the cache; forget everything about a deleted one."""
+async def ftj_event(type: str | None, body: kopf.Body, namespace: str, name: str, logger: Any,
+                    **_: Any) -> None:
+    """Keep the newest FineTuneJob in the cache and reconcile what needs it; forget a deleted one."""
     key = (namespace, name)
     if type == "DELETED":
         for store in (_ftjs, _jobs):
             store.drop(key)
         _pods.forget(key)
         _locks.pop(key, None)
-        _active.discard(key)
-        _pending.discard(key)
+        for keys in (_active, _pending, _seen):
+            keys.discard(key)
     else:
-        _ftjs.put(key, body)
+        _trigger(key, _ftjs.put(key, body), logger)
         _loop.ensure()
 
 
@@ -461,9 +515,6 @@ async def mark_mlflow_killed(spec: Any, status: Any, logger: Any, **_: Any) -> N
 
 def register(settings: Settings) -> None:
     """Register the reconciler, the status loop, child watches and the MLflow finalizer."""
-    from .handlers import RECONCILERS
-
-    RECONCILERS[KIND] = reconcile
     owned = {MANAGED_BY_LABEL: MANAGED_BY, FTJ_LABEL: kopf.PRESENT}
     _loop_interval[0] = min(settings.progress_interval_seconds, settings.cost_interval_seconds)
 
