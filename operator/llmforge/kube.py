@@ -25,7 +25,7 @@ API_SECONDS = Histogram("llmforge_api_request_duration_seconds", "Kubernetes API
 #: Exponentially weighted mean API latency (seconds): how busy the API server is right now, as we see it.
 latency_ewma = 0.0
 #: Connections kept per API server; sized to the operator's API thread pool so none is discarded.
-POOL_SIZE = 32
+POOL_SIZE = 64
 
 #: kind -> plural for the kinds we touch.
 PLURALS = {"Namespace": "namespaces", "Job": "jobs", "Pod": "pods", "ConfigMap": "configmaps", "Secret": "secrets",

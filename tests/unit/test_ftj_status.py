@@ -103,6 +103,17 @@ def test_running_cost_accrues():
     assert s["startTime"] == ts(0)
 
 
+def test_a_succeeded_pod_keeps_the_job_running_until_the_job_completes():
+    # kwok (and a fast kubelet) report the pod Succeeded before the Job controller marks the Job Complete.
+    s = status_of(resource(), job(), [pod("p0", "Succeeded", start=0, end=1800, exit_code=0)], now=1810)
+    assert s["phase"] == "Running"
+    assert cond(s, "Running")["reason"] == "Completing" and "p0 succeeded" in cond(s, "Running")["message"]
+    assert s["cost"]["usd"] == pytest.approx(0.854 / 2, abs=1e-4) and s["cost"]["usdPerHour"] == 0
+    done = status_of(resource(), job(("Complete", "", "", 1805), completion=1805),
+                     [pod("p0", "Succeeded", start=0, end=1800, exit_code=0)], now=1810)
+    assert done["phase"] == "Succeeded"
+
+
 RESULT_OK = ('{"phase":"Succeeded","step":300,"totalSteps":300,"metrics":{"trainLoss":1.2,"evalLoss":1.4},'
              '"checkpoint":{"step":300,"uri":"gs://b/ckpt/300"},"output":{"adapterUri":"gs://b/out/adapter"},'
              '"data":{"format":"chat","trainExamples":900},"mlflow":{"runId":"r1"}}')

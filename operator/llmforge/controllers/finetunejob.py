@@ -38,7 +38,8 @@ from ..status.finetunejob import (
 from . import admission
 from .background import Loop
 from .cache import Children, Latest
-from .metrics import PHASES, instrumented
+from .gate import Gate
+from .metrics import PHASES, WATCH_LAG, instrumented
 from .pricingcache import prices, prices_fresh
 
 KIND, PLURAL, API_VERSION = "FineTuneJob", "finetunejobs", f"{GROUP}/{VERSION}"
@@ -49,6 +50,10 @@ PROGRESS_TIMEOUT_SECONDS = 1.5
 PENDING_EVERY = 2
 #: Threads for blocking API calls (asyncio's default is cores + 4, too few for many jobs' I/O).
 API_THREADS = kube.POOL_SIZE
+#: Status refreshes and writes at once, normally and while new jobs' children are being applied: at scale,
+#: status writes queued ahead of the creates in the API thread pool (mean reconcile 38 s at 1,000 jobs).
+#: Creates are never gated; a status write waits its turn (the status is level-based, nothing is lost).
+REFRESH_THREADS, REFRESH_THREADS_WHILE_CREATING = 16, 4
 #: Child events within this window share one status refresh; it widens with the API server's latency
 #: (backpressure: a busy API server gets fewer, fuller status writes), up to the maximum.
 DEBOUNCE_SECONDS, DEBOUNCE_LATENCY_FACTOR, DEBOUNCE_MAX_SECONDS = 1.0, 4.0, 10.0
@@ -64,6 +69,8 @@ _active: set[Key] = set()
 _pending: set[Key] = set()
 _queued: set[Key] = set()
 _tasks: set[asyncio.Task] = set()
+_in_flight = [0]  # reconciles applying children now
+_GATE = Gate(lambda: REFRESH_THREADS_WHILE_CREATING if _in_flight[0] else REFRESH_THREADS)
 #: Jobs seen since start-up, and those with a reconcile in flight.
 _seen: set[Key] = set()
 _reconciling: set[Key] = set()
@@ -266,7 +273,9 @@ async def _write_status(key: Key, old: dict[str, Any], status: dict[str, Any]) -
 async def reconcile(body: dict[str, Any], logger: Any) -> dict[str, Any]:
     """Admission, children and status for one FineTuneJob; returns the status written (or kept).
 
-    The status is written here, under the job's lock, in one write with admission's conditions.
+    The status is written here, under the job's lock, in one write with admission's conditions. Creating
+    the children is not gated; the write waits for the gate, and is then recomputed from the cache (the
+    pod may have started meanwhile: one write instead of two).
     """
     resource = _plain(body)
     old = resource["status"]
@@ -277,12 +286,15 @@ async def reconcile(body: dict[str, Any], logger: Any) -> dict[str, Any]:
     async with _lock(*key):
         if model is None:  # admission wrote Validated=False, phase Failed and the reasons
             status = {**old, **admitted.status}
-            await _write_status(key, old, status)
+            async with _GATE:
+                await _write_status(key, old, status)
             return status
         if old.get("observedGeneration") != generation:  # advice once per generation, not per restart
             for w in warnings:
                 kopf.warn(body, reason="Advice", message=f"{w.path}: {w.message}")
         resource["status"] = {**old, "conditions": list(admitted.status["conditions"])}
+        _in_flight[0] += 1
+        build_ok = False
         try:
             status = await sync(resource, _settings(), apply_children=True, read_progress=False, logger=logger)
         except ValueError as exc:  # a spec the schema accepted but we cannot build: a person must fix it
@@ -290,7 +302,15 @@ async def reconcile(body: dict[str, Any], logger: Any) -> dict[str, Any]:
                                   generation)
             status = {**old, "conditions": conds, "phase": "Failed", "observedGeneration": generation,
                       "failure": {"reason": "InvalidSpec", "message": str(exc)}}
-        await _write_status(key, old, status)
+        else:
+            build_ok = True
+        finally:
+            _in_flight[0] -= 1
+        async with _GATE:
+            if status.get("phase") != "Failed" and build_ok:
+                status = await sync(resource, _settings(), apply_children=False, read_progress=False,
+                                    logger=logger)
+            await _write_status(key, old, status)
     _track(*key, status)
     _announce(body, old.get("phase"), status)
     return status
@@ -319,10 +339,11 @@ async def _reconcile_until_done(key: Key, logger: Any) -> None:
             try:
                 await instrumented(KIND, "reconcile")(reconcile)(body, logger)
                 done_generation, delay = generation, 1.0
+                continue
             except Exception as exc:  # noqa: BLE001 (retried: an API error, a timeout, a bug on one object)
                 logger.warning(f"[{key[0]}/{key[1]}] reconcile failed, retrying in {delay:.0f} s: {exc}")
-                await asyncio.sleep(delay)
-                delay = min(60.0, delay * 2)
+            await asyncio.sleep(delay)
+            delay = min(60.0, delay * 2)
     finally:
         _reconciling.discard(key)
 
@@ -332,6 +353,8 @@ def _trigger(key: Key, body: dict[str, Any], logger: Any) -> None:
     re-apply children a crash may have left half-made). One at a time per job."""
     first = key not in _seen
     _seen.add(key)
+    if first and not body.get("status"):
+        WATCH_LAG.labels(KIND).observe(max(0.0, _age_seconds(body)))
     if key in _reconciling or body["metadata"].get("deletionTimestamp"):
         return
     if _needs_reconcile(body) or (first and (body.get("status") or {}).get("phase") not in TERMINAL):
@@ -343,8 +366,12 @@ def _trigger(key: Key, body: dict[str, Any], logger: Any) -> None:
 
 async def refresh(namespace: str, name: str, logger: Any, read_progress: bool = False) -> None:
     """Recompute one FineTuneJob's status from the cached view (the API where the cache has nothing)."""
+    await _refresh(namespace, name, logger, read_progress)
+
+
+async def _refresh(namespace: str, name: str, logger: Any, read_progress: bool) -> None:
     key = (namespace, name)
-    async with _lock(namespace, name):
+    async with _lock(namespace, name), _GATE:  # lock before gate, as in reconcile: no wait cycle
         _queued.discard(key)
         try:
             current = _ftjs.get(key)
