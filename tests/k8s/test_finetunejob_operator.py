@@ -234,6 +234,32 @@ def test_preemption_counts_a_restart_and_does_not_fail(ns, operator, kubelet):
     assert st["cost"]["usd"] == pytest.approx(round(sum(seconds) / 3600 * rate, 4), abs=1e-4)
 
 
+def test_deleting_a_job_with_an_open_mlflow_run_marks_the_run_killed(ns, operator, kubelet, mlflow_server):
+    """The one finalizer: added while an MLflow run is known and the job unfinished, so deletion can mark
+    the run KILLED (a real `mlflow server`), then removed so the FineTuneJob goes."""
+    mlflow = mlflow_server.client()
+    run = mlflow.create_run(mlflow.create_experiment(f"ftj-{ns}"))
+    run_id = run.info.run_id
+    create(ns, t4_manifest("tracked", tracking={"mlflow": {"trackingUri": mlflow_server.uri}}))
+    first = wait_until(lambda: next(iter(kubelet.pods(ns)), None), 60, "first pod")
+    kubelet.run(first, ago(600))
+    # TEST DOUBLE for the trainer: a spot reclaim; its SIGTERM handler reports the run it was logging to.
+    kubelet.finish(first, ago(600), ago(300), 143, json.dumps(
+        {"phase": "Preempted", "step": 3, "totalSteps": 10, "mlflow": {"runId": run_id}}), disrupted=True)
+    second = wait_until(lambda: next((p for p in kubelet.pods(ns) if p["metadata"]["uid"] != first["metadata"][
+        "uid"]), None), 60, "replacement pod")
+    kubelet.run(second, ago(100))
+    wait_until(lambda: (s := status(ns, "tracked")).get("mlflow", {}).get("runId") == run_id and s.get("phase")
+               == "Running", 60, "Running with the MLflow run in status")
+    wait_until(lambda: "llmforge.dev/finalizer" in (get(ns, "tracked")["metadata"].get("finalizers") or []), 30,
+               "finalizer while the run is open")
+    assert mlflow.get_run(run_id).info.status == "RUNNING"
+    kube.delete(*FTJ, ns, "tracked")
+    wait_until(lambda: not get(ns, "tracked"), 60, "FineTuneJob gone after its finalizer")
+    assert mlflow.get_run(run_id).info.status == "KILLED"
+    assert operator.alive()
+
+
 def test_budget_exceeded_stops_the_job(ns, operator, kubelet):
     create(ns, t4_manifest("pricey", budget={"maxCostUSD": 0.1}))
     pod = wait_until(lambda: next(iter(kubelet.pods(ns)), None), 60, "pod")
