@@ -58,8 +58,8 @@ REFRESH_THREADS, REFRESH_THREADS_WHILE_CREATING = 16, 4
 #: (backpressure: a busy API server gets fewer, fuller status writes), up to the maximum.
 DEBOUNCE_SECONDS, DEBOUNCE_LATENCY_FACTOR, DEBOUNCE_MAX_SECONDS = 1.0, 4.0, 10.0
 #: A cached pod list is re-checked against the API after this long (heals a DELETED event lost in a
-#: watch restart).
-POD_LIST_TTL_SECONDS = 60.0
+#: watch restart). At 60 s, jobs slowed by a busy control plane re-listed once each: 6% of its time.
+POD_LIST_TTL_SECONDS = 300.0
 #: A Job younger than this with no pod is normal, not worth an Event query for FailedCreate.
 CREATE_ERROR_GRACE_SECONDS = 5.0
 
