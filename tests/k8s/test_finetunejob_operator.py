@@ -155,6 +155,20 @@ def test_job_created_and_bound_to_the_l4_node(ns, operator):
         120, "phase-change events")
 
 
+def test_hyperparameter_advice_is_a_warning_event_and_a_condition(ns, operator):
+    create(ns, ftj_manifest("hot", training={"batchSize": 1, "maxSeqLength": 1024, "gradientAccumulationSteps": 8,
+                                             "learningRate": 0.01}))
+    st = wait_until(lambda: (s := status(ns, "hot")) and cond(s, "Advice") and s, 60, "Advice condition")
+    assert cond(st, "Advice")["reason"] == "HyperparameterAdvice"
+    assert "spec.training.learningRate: 0.01 is above" in cond(st, "Advice")["message"]
+    assert cond(st, "Validated")["status"] == "True"  # advice, not rejection: the job goes ahead
+    wait_until(lambda: kube.get("batch/v1", "Job", ns, "hot-train"), 60, "Job hot-train")
+    warned = wait_until(lambda: [e for e in kube.request("GET", f"/api/v1/namespaces/{ns}/events")["items"]
+                                 if e["involvedObject"].get("name") == "hot" and e["reason"] == "Advice"], 60,
+                        "Advice event")
+    assert warned[0]["type"] == "Warning" and "spec.training.learningRate" in warned[0]["message"]
+
+
 def test_no_matching_node_stays_pending_and_says_why(ns, operator):
     # There is no spot H100 node in the fleet.
     create(ns, ftj_manifest("nospot", baseModel={"name": "meta-llama/Llama-3.1-8B-Instruct"},
