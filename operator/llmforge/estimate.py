@@ -6,8 +6,9 @@
   double quantisation, 0.5 without). Everything bitsandbytes leaves unquantised (embeddings, LM head, norms)
   is cast to fp32 (4 bytes/param) by peft's ``prepare_model_for_kbit_training``, which the trainer calls for
   every qlora run (+2 GiB for Llama 3.1 8B's 128k-vocab embedding and head). 8-bit: 1 byte/param plus the
-  same fp32 rest; method lora: 2 bytes/param throughout (bf16, no k-bit preparation). With count > 1 the
-  launcher shards them (FSDP).
+  same fp32 rest; method lora: 2 bytes/param throughout (bf16, no k-bit preparation). With count > 1 they
+  are divided among the GPUs only when the launcher shards them (FSDP, when the base does not fit one GPU);
+  under DDP each GPU holds them all, and the adapter and optimizer state too (`shards_base`).
 * lora: r x (in + out) per adapted projection per layer, weight + gradient in the adapter's dtype: bf16
   (4 bytes/param) for qlora, because trl's SFTTrainer casts a quantised model's trainable parameters to bf16;
   fp32 (8 bytes/param) for lora, where peft's ``autocast_adapter_dtype`` upcasts them and nothing casts back.
@@ -231,13 +232,50 @@ def estimate_memory(shape: ModelShape, *, method: str = "qlora", bits: int = 4, 
     return MemoryEstimate(weights, lora, opt, act, lg, overhead, shape.params)
 
 
-def estimate_for_spec(spec: FineTuneJobSpec, shape: ModelShape, gpus: int | None = None) -> MemoryEstimate:
+# Multi-GPU layout: the trainer's launcher (llmforge_trainer.launch) uses these same functions, so the fit
+# check judges the layout that will really run.
+BYTES_PER_PARAM = {("qlora", 4): 0.5 + 0.127 / 8, ("qlora", 8): 1.0, ("lora", 16): 2.0}
+HEADROOM_FACTOR = 1.25
+HEADROOM_GIB = 2.0
+USABLE_FRACTION = 0.9
+
+
+def base_weights_gib(params_billions: float, method: str, bits: int) -> float:
+    """Memory of the frozen base weights, GiB."""
+    key = (method, bits if method == "qlora" else 16)
+    return params_billions * 1e9 * BYTES_PER_PARAM[key] / 2**30
+
+
+def fits_one_gpu(params_billions: float | None, gpu_gib: float | None, method: str, bits: int) -> bool:
+    """Coarse: base weights x 1.25 + 2 GiB within 90% of one GPU. Unknown sizes are assumed to fit."""
+    if params_billions is None or gpu_gib is None:
+        return True
+    need = base_weights_gib(params_billions, method, bits) * HEADROOM_FACTOR + HEADROOM_GIB
+    return need <= gpu_gib * USABLE_FRACTION
+
+
+def shards_base(spec: FineTuneJobSpec, shape: ModelShape, gpus: int, accelerator: str) -> bool:
+    """Whether `gpus` GPUs shard the model (FSDP) rather than each holding all of it (DDP, the launcher's
+    choice whenever the base fits one GPU). An accelerator of unknown size is taken as sharding."""
+    if gpus <= 1:
+        return False
+    if accelerator not in GPU_MEMORY_MIB:
+        return True
+    return not fits_one_gpu(shape.params / 1e9, capacity_gib(accelerator), spec.method, spec.quantization.bits)
+
+
+def estimate_for_spec(spec: FineTuneJobSpec, shape: ModelShape, gpus: int | None = None,
+                      accelerator: str | None = None) -> MemoryEstimate:
+    """Per GPU on `gpus` x `accelerator` (default: the spec's). Under DDP every GPU holds the whole base,
+    adapter and optimizer state, so only FSDP divides them."""
     t = spec.training
+    count = gpus or spec.resources.count
+    shard = shards_base(spec, shape, count, accelerator or spec.resources.accelerator)
     return estimate_memory(
         shape, method=spec.method, bits=spec.quantization.bits, double_quant=spec.quantization.double_quant,
         r=spec.lora.r, targets=spec.lora.target_modules, seq_len=t.max_seq_length, batch_size=t.batch_size,
         gradient_checkpointing=t.gradient_checkpointing, optimizer=t.optimizer,
-        gpus=gpus or spec.resources.count)
+        gpus=count if shard else 1)
 
 
 def capacity_gib(accelerator: str) -> float:
@@ -288,13 +326,14 @@ def check_fit(spec: FineTuneJobSpec, prices: PriceTable | None = None) -> FitRes
         return FitResult(res.accelerator, res.count, None, None, source=source)
     est = estimate_for_spec(spec, shape)
     dtype = spec.quantization.compute_dtype
-    fitting = [a for a in AUTO_CANDIDATES if usable(a, dtype) and est.total <= capacity_gib(a)]
     if res.accelerator == "auto":
+        fitting = [a for a in AUTO_CANDIDATES if usable(a, dtype)
+                   and estimate_for_spec(spec, shape, accelerator=a).total <= capacity_gib(a)]
         choice = cheapest(fitting, {a: res.count for a in fitting}, prices, res.spot)
         if choice is None:
             return FitResult("auto", res.count, est, False, _too_big(est, res.count, "any GKE GPU", spec, shape),
                              source)
-        return FitResult(choice, res.count, est, True, source=source)
+        return FitResult(choice, res.count, estimate_for_spec(spec, shape, accelerator=choice), True, source=source)
     acc = res.accelerator
     if not usable(acc, dtype):
         return FitResult(acc, res.count, est, False, (
@@ -322,7 +361,7 @@ def _what_fits(spec: FineTuneJobSpec, shape: ModelShape) -> list[str]:
         if not usable(acc, dtype):
             continue
         for n in (1, 2, 4, 8):
-            if estimate_for_spec(spec, shape, n).total <= capacity_gib(acc):
+            if estimate_for_spec(spec, shape, n, acc).total <= capacity_gib(acc):
                 out.append(f"{acc} x{n}")
                 break
         if len(out) >= 2:
@@ -332,9 +371,8 @@ def _what_fits(spec: FineTuneJobSpec, shape: ModelShape) -> list[str]:
         if seq < 16:
             break
         alt = spec.model_copy(update={"training": t.model_copy(update={"max_seq_length": seq, "batch_size": 1})})
-        if estimate_for_spec(alt, shape).total <= capacity_gib(spec.resources.accelerator
-                                                               if spec.resources.accelerator in GPU_MEMORY_MIB
-                                                               else "nvidia-h100-80gb"):
+        target = spec.resources.accelerator if spec.resources.accelerator in GPU_MEMORY_MIB else "nvidia-h100-80gb"
+        if estimate_for_spec(alt, shape, accelerator=target).total <= capacity_gib(target):
             out.append(f"maxSeqLength {seq} with batchSize 1")
             break
     return out or ["nothing on one node; use a smaller model"]

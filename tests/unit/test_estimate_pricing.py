@@ -12,10 +12,12 @@ from llmforge.estimate import (
     PRESETS,
     ModelShape,
     check_fit,
+    estimate_for_spec,
     estimate_memory,
     lora_params,
     shape_from_config_file,
     shape_from_name,
+    shards_base,
 )
 from llmforge.pricing import DEFAULT_PRICES, Interval, cost_usd, gpu_hours, load_prices
 from llmforge.validation import validate_object
@@ -30,6 +32,26 @@ LLAMA1_65B = ModelShape(80, 8192, 22016, 64, 64, 32000, 128)
 
 def spec(**kw):
     return FineTuneJob.model_validate({k: v for k, v in ftj(**kw).items() if k != "apiVersion"}).spec
+
+
+def test_several_gpus_divide_memory_only_when_the_launcher_shards():
+    one = estimate_for_spec(spec(resources={"accelerator": "nvidia-l4", "count": 1}), L8)
+    # 8B in NF4 fits one L4: the launcher runs DDP, every GPU holds it all.
+    ddp = spec(resources={"accelerator": "nvidia-l4", "count": 2})
+    assert not shards_base(ddp, L8, 2, "nvidia-l4")
+    assert estimate_for_spec(ddp, L8).total == pytest.approx(one.total)
+    # 70B does not fit one L4: FSDP, weights, adapter and optimizer state divided among the GPUs.
+    fsdp = spec(baseModel={"name": "meta-llama/Llama-3.1-70B-Instruct"},
+                resources={"accelerator": "nvidia-l4", "count": 4})
+    assert shards_base(fsdp, L70, 4, "nvidia-l4")
+    whole = estimate_for_spec(fsdp, L70, gpus=1)
+    split = estimate_for_spec(fsdp, L70)
+    assert split.weights == pytest.approx(whole.weights / 4) and split.optimizer == pytest.approx(whole.optimizer / 4)
+    # The launcher decides with the same rule.
+    from llmforge_trainer import launch
+
+    assert launch.plan_launch(ddp, [], env={}, gpus_visible=2, params_billions=L8.params / 1e9).strategy == "ddp"
+    assert launch.plan_launch(fsdp, [], env={}, gpus_visible=4, params_billions=L70.params / 1e9).strategy == "fsdp"
 
 
 def test_parameter_counts_match_model_cards():

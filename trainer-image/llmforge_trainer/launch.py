@@ -12,7 +12,8 @@ The relaunched children get ``LLMFORGE_LAUNCHED=1`` (so they don't relaunch agai
 ``--nproc N`` / ``LLMFORGE_NPROC`` overrides the process count (for example 2 CPU processes with gloo in tests).
 
 The fit test is deliberately coarse (weights + 25% + 2 GiB headroom against 90% of the GPU): the operator's
-estimator already chose the accelerator and count; here we only pick DDP vs FSDP.
+estimator already chose the accelerator and count; here we only pick DDP vs FSDP, with the very functions
+the estimator uses to judge that layout (``llmforge.estimate.fits_one_gpu``).
 """
 
 from __future__ import annotations
@@ -22,15 +23,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Bytes per parameter of the frozen base, by (method, bits).
-BYTES_PER_PARAM = {("qlora", 4): 0.5 + 0.127 / 8, ("qlora", 8): 1.0, ("lora", 16): 2.0}
-HEADROOM_FACTOR = 1.25
-HEADROOM_GIB = 2.0
-USABLE_FRACTION = 0.9
+from llmforge.estimate import GPU_MEMORY_MIB, base_weights_gib, capacity_gib, fits_one_gpu
 
-#: GPU memory by GKE accelerator label, GiB (used when the plan is made without a visible GPU).
-ACCELERATOR_GIB = {"nvidia-tesla-t4": 15.0, "nvidia-l4": 22.0, "nvidia-tesla-a100": 40.0,
-                   "nvidia-a100-80gb": 80.0, "nvidia-h100-80gb": 80.0}
+#: Bytes per parameter of the frozen base, by (method, bits).
+#: GPU memory by GKE accelerator label, GiB (used when the plan is made without a visible GPU): the
+#: estimate's table, so the launcher and the operator's fit check judge the same GPU.
+ACCELERATOR_GIB = {acc: capacity_gib(acc) for acc in GPU_MEMORY_MIB}
 
 
 @dataclass(frozen=True)
@@ -42,20 +40,6 @@ class LaunchPlan:
     argv: list[str] | None
     env: dict[str, str] = field(default_factory=dict)
     reason: str = ""
-
-
-def base_weights_gib(params_billions: float, method: str, bits: int) -> float:
-    """Memory of the frozen base weights, GiB."""
-    key = (method, bits if method == "qlora" else 16)
-    return params_billions * 1e9 * BYTES_PER_PARAM[key] / 2**30
-
-
-def fits_one_gpu(params_billions: float | None, gpu_gib: float | None, method: str, bits: int) -> bool:
-    """Coarse: base weights x 1.25 + 2 GiB within 90% of one GPU. Unknown sizes are assumed to fit."""
-    if params_billions is None or gpu_gib is None:
-        return True
-    need = base_weights_gib(params_billions, method, bits) * HEADROOM_FACTOR + HEADROOM_GIB
-    return need <= gpu_gib * USABLE_FRACTION
 
 
 def plan_launch(spec: Any, argv: list[str], *, env: dict[str, str], gpus_visible: int,
