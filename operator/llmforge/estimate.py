@@ -234,6 +234,7 @@ def estimate_memory(shape: ModelShape, *, method: str = "qlora", bits: int = 4, 
 
 # Multi-GPU layout: the trainer's launcher (llmforge_trainer.launch) uses these same functions, so the fit
 # check judges the layout that will really run.
+#: Bytes per parameter of the frozen base, by (method, bits).
 BYTES_PER_PARAM = {("qlora", 4): 0.5 + 0.127 / 8, ("qlora", 8): 1.0, ("lora", 16): 2.0}
 HEADROOM_FACTOR = 1.25
 HEADROOM_GIB = 2.0

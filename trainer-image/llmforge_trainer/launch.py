@@ -25,11 +25,6 @@ from typing import Any
 
 from llmforge.estimate import GPU_MEMORY_MIB, base_weights_gib, capacity_gib, fits_one_gpu
 
-#: Bytes per parameter of the frozen base, by (method, bits).
-#: GPU memory by GKE accelerator label, GiB (used when the plan is made without a visible GPU): the
-#: estimate's table, so the launcher and the operator's fit check judge the same GPU.
-ACCELERATOR_GIB = {acc: capacity_gib(acc) for acc in GPU_MEMORY_MIB}
-
 
 @dataclass(frozen=True)
 class LaunchPlan:
@@ -58,8 +53,8 @@ def plan_launch(spec: Any, argv: list[str], *, env: dict[str, str], gpus_visible
         nproc = gpus_visible
     if nproc <= 1:
         return LaunchPlan("single", 1, None, reason="one process")
-    if gpu_gib is None and not on_cpu:
-        gpu_gib = ACCELERATOR_GIB.get(res.accelerator)
+    if gpu_gib is None and not on_cpu and res.accelerator in GPU_MEMORY_MIB:
+        gpu_gib = capacity_gib(res.accelerator)  # no GPU visible yet: the estimate's size of the label
     bits = spec.quantization.bits
     forced = env.get("LLMFORGE_STRATEGY")
     if forced in ("ddp", "fsdp"):

@@ -294,20 +294,19 @@ async def reconcile(body: dict[str, Any], logger: Any) -> dict[str, Any]:
                 kopf.warn(body, reason="Advice", message=f"{w.path}: {w.message}")
         resource["status"] = {**old, "conditions": list(admitted.status["conditions"])}
         _in_flight[0] += 1
-        build_ok = False
+        status = None
         try:
-            status = await sync(resource, _settings(), apply_children=True, read_progress=False, logger=logger)
+            # Apply the children; the status this computes is recomputed below, after the wait for the gate.
+            await sync(resource, _settings(), apply_children=True, read_progress=False, logger=logger)
         except ValueError as exc:  # a spec the schema accepted but we cannot build: a person must fix it
             conds = set_condition(resource["status"]["conditions"], "Validated", False, "InvalidSpec", str(exc),
                                   generation)
             status = {**old, "conditions": conds, "phase": "Failed", "observedGeneration": generation,
                       "failure": {"reason": "InvalidSpec", "message": str(exc)}}
-        else:
-            build_ok = True
         finally:
             _in_flight[0] -= 1
         async with _GATE:
-            if status.get("phase") != "Failed" and build_ok:
+            if status is None:
                 status = await sync(resource, _settings(), apply_children=False, read_progress=False,
                                     logger=logger)
             await _write_status(key, old, status)
@@ -366,10 +365,6 @@ def _trigger(key: Key, body: dict[str, Any], logger: Any) -> None:
 
 async def refresh(namespace: str, name: str, logger: Any, read_progress: bool = False) -> None:
     """Recompute one FineTuneJob's status from the cached view (the API where the cache has nothing)."""
-    await _refresh(namespace, name, logger, read_progress)
-
-
-async def _refresh(namespace: str, name: str, logger: Any, read_progress: bool) -> None:
     key = (namespace, name)
     async with _lock(namespace, name), _GATE:  # lock before gate, as in reconcile: no wait cycle
         _queued.discard(key)
