@@ -336,6 +336,7 @@ async def _reconcile_until_done(key: Key, logger: Any) -> None:
             if done_generation is not None and (generation == done_generation or not _needs_reconcile(body)):
                 return
             try:
+                logger.info(f"reconciling generation {generation}")
                 await instrumented(KIND, "reconcile")(reconcile)(body, logger)
                 done_generation, delay = generation, 1.0
                 continue
