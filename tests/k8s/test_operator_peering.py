@@ -57,6 +57,14 @@ def _wait(what: str, check, timeout: float = 90, detail=lambda: ""):
     pytest.fail(f"timed out waiting for {what}\n{detail()}")
 
 
+def _lists(objs: client.CustomObjectsApi, plural: str) -> bool:
+    try:
+        objs.list_cluster_custom_object("llmforge.dev", "v1alpha1", plural, limit=1)
+    except client.ApiException:
+        return False
+    return True
+
+
 def test_standby_replica_pauses_then_takes_over(cluster, tmp_path):
     ns_sys, ns = "llmforge-system", f"ml-{uuid.uuid4().hex[:6]}"
     _helm(cluster, "install", "llmforge", str(CHART), "-n", ns_sys, "--create-namespace",
@@ -73,6 +81,10 @@ def test_standby_replica_pauses_then_takes_over(cluster, tmp_path):
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
         _wait("default ServiceAccount", lambda: core.list_namespaced_service_account(
             ns, field_selector="metadata.name=default").items)
+        # kopf's start-up LIST is not cut short by a pause: one that the just-installed CRDs' storage answers with
+        # 429 retries, and may deliver a FineTuneJob created after the pause to the standby. Serve lists first.
+        _wait("the CRDs' storage to serve lists", lambda: all(_lists(client.CustomObjectsApi(api), plural) for plural
+                                                              in ("finetunejobs", "evaluations", "modeldeployments")))
 
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({
