@@ -122,6 +122,9 @@ def test_failed_thresholds_are_named_in_the_passed_condition(ns, operator, kubel
     for line in st["failedThresholds"]:
         assert line in passed["message"]
     assert "rougeL 0.3 < min 0.4" in passed["message"]
+    # The operator's phase census counts Evaluations too (the per-namespace operator sees just this one).
+    wait_until(lambda: 'llmforge_resources{kind="Evaluation",phase="Succeeded"} 1.0' in operator.metrics(), 10,
+               "the Succeeded Evaluation in llmforge_resources")
 
 
 def test_failed_model_fails_the_evaluation(ns, operator, kubelet):

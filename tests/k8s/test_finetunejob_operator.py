@@ -328,7 +328,7 @@ def test_invalid_resources_never_crash_the_operator(ns, operator):
     wait_until(lambda: status(ns, "fine").get("phase") == "Succeeded", 60, "valid job after invalid ones")
 
 
-def test_metrics_endpoint_counts_reconciles(ns, operator):
+def test_metrics_endpoint_counts_reconciles_and_phases(ns, operator):
     for i in range(3):
         create(ns, ftj_manifest(f"m{i}"))
     wait_until(lambda: all(status(ns, f"m{i}").get("phase") == "Succeeded" for i in range(3)), 60, "all Succeeded")
@@ -340,6 +340,23 @@ def test_metrics_endpoint_counts_reconciles(ns, operator):
 
     assert wait_until(lambda: count() >= 3, 10, "reconcile count")
     assert 'llmforge_reconcile_total{handler="child",kind="FineTuneJob",result="ok"}' in operator.metrics()
+
+    def census(phase: str) -> float | None:
+        try:
+            text = operator.metrics()
+        except OSError:  # restarting
+            return None
+        m = re.search(rf'llmforge_resources\{{kind="FineTuneJob",phase="{phase}"\}} (\S+)', text)
+        return float(m.group(1)) if m else None
+
+    wait_until(lambda: census("Succeeded") == 3, 10, "3 Succeeded in llmforge_resources")
+    # Level-based: a restarted operator counts what its watch lists (no transition happens to count),
+    # and a deleted job leaves the count.
+    operator.stop()
+    operator.start()
+    wait_until(lambda: census("Succeeded") == 3, 30, "3 Succeeded counted again after a restart")
+    kube.delete(*FTJ, ns, "m0")
+    wait_until(lambda: census("Succeeded") == 2, 30, "a deleted job leaves llmforge_resources")
 
 
 def test_sigkill_mid_reconcile_twenty_times_leaves_one_job_each(ns, k8s_cluster, tmp_path):

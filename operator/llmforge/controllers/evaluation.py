@@ -30,14 +30,15 @@ from ..status.attempts import Placement
 from ..status.conditions import set_condition
 from ..status.evaluation import compute_status, reference_state
 from .background import Loop
-from .metrics import PHASES, instrumented
+from .common import KeyedLocks, plain
+from .metrics import instrumented
 from .pricingcache import prices
 
 KIND, PLURAL, API_VERSION = "Evaluation", "evaluations", f"{GROUP}/{VERSION}"
 FTJ_KIND = "FineTuneJob"
 TERMINAL = ("Succeeded", "Failed")
 
-_locks: dict[tuple[str, str], asyncio.Lock] = {}
+_lock = KeyedLocks()
 #: Evaluations waiting for their model, re-checked by status_loop.
 _waiting: set[tuple[str, str]] = set()
 #: Evaluations with a running eval pod: status_loop re-syncs them so status.cost accrues between pod events.
@@ -119,19 +120,8 @@ def _announce(body: Any, old_phase: str | None, status: dict[str, Any]) -> None:
                    message=(passed.get("message") or "")[:1024])
     else:
         kopf.event(body, type="Normal", reason=str(phase), message=f"{old_phase or 'New'} -> {phase}")
-    if old_phase:
-        PHASES.labels(KIND, old_phase).dec()
-    PHASES.labels(KIND, str(phase)).inc()
 
 
-def _lock(ns: str, name: str) -> asyncio.Lock:
-    return _locks.setdefault((ns, name), asyncio.Lock())
-
-
-def _plain(body: Any) -> dict[str, Any]:
-    return {"apiVersion": body.get("apiVersion", API_VERSION), "kind": body.get("kind", KIND),
-            "metadata": dict(body.get("metadata", {})), "spec": dict(body.get("spec", {})),
-            "status": dict(body.get("status", {}) or {})}
 
 
 def _validated(resource: dict[str, Any]) -> bool | None:
@@ -144,7 +134,7 @@ def _validated(resource: dict[str, Any]) -> bool | None:
 async def reconcile(model: Any, body: kopf.Body, patch: kopf.Patch, logger: Any, **_: Any) -> None:
     """Create/update/resume, after admission passed (its conditions are already in patch.status)."""
     _loop.ensure()
-    resource = _plain(body)
+    resource = plain(body, KIND)
     old = resource["status"]
     resource["status"] = {**old, "conditions": list(patch.status.get("conditions") or old.get("conditions") or [])}
     meta = resource["metadata"]

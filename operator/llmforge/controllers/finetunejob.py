@@ -38,8 +38,9 @@ from ..status.finetunejob import (
 from . import admission
 from .background import Loop
 from .cache import Children, Latest
+from .common import KeyedLocks, plain
 from .gate import Gate
-from .metrics import PHASES, WATCH_LAG, instrumented
+from .metrics import CENSUS, WATCH_LAG, instrumented
 from .pricingcache import prices, prices_fresh
 
 KIND, PLURAL, API_VERSION = "FineTuneJob", "finetunejobs", f"{GROUP}/{VERSION}"
@@ -64,7 +65,7 @@ POD_LIST_TTL_SECONDS = 300.0
 CREATE_ERROR_GRACE_SECONDS = 5.0
 
 Key = tuple[str, str]
-_locks: dict[Key, asyncio.Lock] = {}
+_lock = KeyedLocks()
 _active: set[Key] = set()
 _pending: set[Key] = set()
 _queued: set[Key] = set()
@@ -238,19 +239,8 @@ def _announce(body: Any, old_phase: str | None, status: dict[str, Any]) -> None:
         cost = (status.get("cost") or {}).get("usd")
         kopf.event(body, type="Normal", reason=str(phase),
                    message=f"{old_phase or 'New'} -> {phase}; cost so far ${cost or 0:.2f}")
-    if old_phase:
-        PHASES.labels(KIND, old_phase).dec()
-    PHASES.labels(KIND, str(phase)).inc()
 
 
-def _lock(ns: str, name: str) -> asyncio.Lock:
-    return _locks.setdefault((ns, name), asyncio.Lock())
-
-
-def _plain(body: Any) -> dict[str, Any]:
-    return {"apiVersion": body.get("apiVersion", API_VERSION), "kind": body.get("kind", KIND),
-            "metadata": dict(body.get("metadata", {})), "spec": dict(body.get("spec", {})),
-            "status": dict(body.get("status", {}) or {})}
 
 
 # ------------------------------------------------------------------------------------- handlers
@@ -277,7 +267,7 @@ async def reconcile(body: dict[str, Any], logger: Any) -> dict[str, Any]:
     the children is not gated; the write waits for the gate, and is then recomputed from the cache (the
     pod may have started meanwhile: one write instead of two).
     """
-    resource = _plain(body)
+    resource = plain(body, KIND)
     old = resource["status"]
     meta = resource["metadata"]
     key, generation = (meta["namespace"], meta["name"]), meta.get("generation")
@@ -455,11 +445,11 @@ async def ftj_event(type: str | None, body: kopf.Body, namespace: str, name: str
                     **_: Any) -> None:
     """Keep the newest FineTuneJob in the cache and reconcile what needs it; forget a deleted one."""
     key = (namespace, name)
+    CENSUS.observe(KIND, namespace, name, body, deleted=type == "DELETED")
     if type == "DELETED":
         for store in (_ftjs, _jobs):
             store.drop(key)
         _pods.forget(key)
-        _locks.pop(key, None)
         for keys in (_active, _pending, _seen):
             keys.discard(key)
     else:

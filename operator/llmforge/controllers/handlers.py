@@ -8,7 +8,7 @@ import kopf
 
 from .. import GROUP, VERSION
 from . import admission
-from .metrics import instrumented
+from .metrics import CENSUS, instrumented
 
 KINDS = {"FineTuneJob": "finetunejobs", "Evaluation": "evaluations", "ModelDeployment": "modeldeployments"}
 #: Kinds whose reconciles kopf triggers (create/update/resume, diff-base annotation). FineTuneJobs are
@@ -34,6 +34,10 @@ def register() -> None:
 
 
 def _register_kind(kind: str, plural: str) -> None:
+    @kopf.on.event(GROUP, VERSION, plural, id=f"{plural}-census")
+    async def census(type: str | None, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+        CENSUS.observe(kind, namespace, name, body, deleted=type == "DELETED")
+
     @kopf.on.resume(GROUP, VERSION, plural, id=f"{plural}-resume")
     @kopf.on.create(GROUP, VERSION, plural, id=f"{plural}-create")
     @kopf.on.update(GROUP, VERSION, plural, id=f"{plural}-update", field="spec")

@@ -8,7 +8,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 RECONCILES = Counter("llmforge_reconcile_total", "Handler invocations", ["kind", "handler", "result"])
 RECONCILE_SECONDS = Histogram("llmforge_reconcile_duration_seconds", "Handler duration", ["kind", "handler"],
@@ -17,7 +19,41 @@ RECONCILE_ERRORS = Counter("llmforge_reconcile_errors_total", "Handler errors", 
 WATCH_LAG = Histogram("llmforge_watch_lag_seconds",
                       "A new resource's creationTimestamp to the operator first seeing it (1 s resolution)",
                       ["kind"], buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300))
-PHASES = Gauge("llmforge_resources", "Resources by phase", ["kind", "phase"])
+
+
+class PhaseCensus(Collector):
+    """`llmforge_resources{kind,phase}`, counted from the phase each resource's watch event last showed.
+
+    Level-based, as status is: after a restart the watches' listing counts every resource again, and a
+    deleted one leaves. Counting transitions instead forgot every phase at a restart (the next transition
+    then drove a gauge negative) and never counted deletions. A series seen once stays, at 0 when empty.
+    """
+
+    def __init__(self) -> None:
+        self._phases: dict[tuple[str, str, str], str] = {}
+        self._labels: set[tuple[str, str]] = set()
+
+    def observe(self, kind: str, namespace: str, name: str, body: Any, deleted: bool = False) -> None:
+        key = (kind, namespace, name)
+        if deleted:
+            self._phases.pop(key, None)
+            return
+        phase = str(((body or {}).get("status") or {}).get("phase") or "New")
+        self._phases[key] = phase
+        self._labels.add((kind, phase))
+
+    def collect(self) -> Any:
+        family = GaugeMetricFamily("llmforge_resources", "Resources by kind and phase", labels=["kind", "phase"])
+        counts = dict.fromkeys(self._labels, 0)
+        for (kind, _, _), phase in list(self._phases.items()):
+            counts[(kind, phase)] = counts.get((kind, phase), 0) + 1
+        for (kind, phase), n in sorted(counts.items()):
+            family.add_metric([kind, phase], n)
+        yield family
+
+
+CENSUS = PhaseCensus()
+REGISTRY.register(CENSUS)
 
 
 def instrumented(kind: str, handler: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
