@@ -16,17 +16,15 @@ from typing import Any
 
 import yaml
 
-from ..api.contract import EXIT_INVALID_INPUT, TERMINATION_LOG
 from ..api.evaluation import Evaluation
 from ..api.finetunejob import FineTuneJob
 from ..estimate import serving_accelerator
 from ..settings import Settings
-from . import common
+from . import batchjob, common
+from .batchjob import SPEC_KEY
 
 COMPONENT = "evaluator"
 CONTAINER = "eval"
-SPEC_DIR = "/etc/llmforge"
-SPEC_KEY = "spec.yaml"
 EVAL_LABEL = "llmforge.dev/evaluation"
 BACKOFF_LIMIT = 2
 
@@ -134,46 +132,13 @@ def build_job(resource: dict[str, Any], settings: Settings, model: ResolvedModel
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token["name"],
                                                                        "key": token.get("key", "token")}}})
     env += common.workload_env(settings)
-    container: dict[str, Any] = {
-        "name": CONTAINER,
-        "image": spec.image or settings.trainer_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": ["llmforge-eval", "--spec", f"{SPEC_DIR}/{SPEC_KEY}"],
-        "env": env,
-        "resources": common.resources(model.accelerator, count, res.cpu, res.memory),
-        "securityContext": common.container_security_context(),
-        "terminationMessagePath": TERMINATION_LOG,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
-                         {"name": "tmp", "mountPath": "/tmp"}],
-    }
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "securityContext": common.pod_security_context(),
-        "containers": [container],
-        "volumes": [{"name": "spec", "configMap": {"name": configmap_name(name)}},
-                    {"name": "tmp", "emptyDir": {}}],
-        **common.placement(model.accelerator, count, res.spot, settings.runtime),
-    }
-    if spec.service_account_name:
-        pod_spec["serviceAccountName"] = spec.service_account_name
-    return {
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": common.metadata(resource, job_name(name), labels),
-        "spec": {
-            "suspend": spec.suspend,
-            "backoffLimit": BACKOFF_LIMIT,
-            "completions": 1,
-            "parallelism": 1,
-            "podReplacementPolicy": "Failed",
-            "podFailurePolicy": {"rules": [
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
-                                                      "values": [EXIT_INVALID_INPUT]}},
-            ]},
-            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
-        },
-    }
+    workload = batchjob.Workload(
+        container=CONTAINER, entrypoint="llmforge-eval", env=env, image=spec.image or settings.trainer_image,
+        accelerator=model.accelerator, count=count, spot=res.spot, cpu=res.cpu, memory=res.memory,
+        service_account_name=spec.service_account_name)
+    return batchjob.spec_job(resource, settings, workload, job_name=job_name(name),
+                             configmap_name=configmap_name(name), labels=labels, backoff_limit=BACKOFF_LIMIT,
+                             suspend=spec.suspend)
 
 
 def build_children(resource: dict[str, Any], settings: Settings, finetunejob: dict[str, Any] | None = None,

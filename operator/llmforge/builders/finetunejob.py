@@ -10,16 +10,15 @@ from typing import Any
 
 import yaml
 
-from ..api.contract import EXIT_INVALID_INPUT, EXIT_PREEMPTED, TERMINATION_LOG
+from ..api.contract import EXIT_PREEMPTED
 from ..api.finetunejob import FineTuneJob
 from ..estimate import check_fit
 from ..settings import Settings
-from . import common
+from . import batchjob, common
+from .batchjob import SPEC_KEY
 
 COMPONENT = "trainer"
 CONTAINER = "trainer"
-SPEC_DIR = "/etc/llmforge"
-SPEC_KEY = "spec.yaml"
 FTJ_LABEL = "llmforge.dev/finetunejob"
 BACKOFF_LIMIT = 3
 TERMINATION_GRACE_SECONDS = 120  # time to write a checkpoint after SIGTERM
@@ -91,59 +90,22 @@ def build_job(resource: dict[str, Any], settings: Settings, suspend: bool | None
     if token is not None:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}})
     env += common.workload_env(settings)
-    container: dict[str, Any] = {
-        "name": CONTAINER,
-        "image": spec.image or settings.trainer_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": ["llmforge-train", "--spec", f"{SPEC_DIR}/{SPEC_KEY}"],
-        "env": env,
-        "ports": [{"name": "metrics", "containerPort": settings.trainer_metrics_port, "protocol": "TCP"}],
-        "resources": common.resources(accelerator, count, res.cpu, res.memory),
-        "securityContext": common.container_security_context(),
-        "terminationMessagePath": TERMINATION_LOG,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [
-            {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
-            {"name": "dshm", "mountPath": "/dev/shm"},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
-    }
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "securityContext": common.pod_security_context(),
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-        "containers": [container],
-        "volumes": [
-            {"name": "spec", "configMap": {"name": configmap_name(name)}},
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_LIMIT}},
-            {"name": "tmp", "emptyDir": {}},
-        ],
-        **common.placement(accelerator, count, res.spot, settings.runtime),
-    }
-    if spec.service_account_name:
-        pod_spec["serviceAccountName"] = spec.service_account_name
-    return {
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": common.metadata(resource, job_name(name), labels),
-        "spec": {
-            "suspend": spec.suspend if suspend is None else suspend,
-            "backoffLimit": BACKOFF_LIMIT,
-            "completions": 1,
-            "parallelism": 1,
-            "podReplacementPolicy": "Failed",
-            "podFailurePolicy": {"rules": [
-                # Preemption, eviction, node loss: not the trainer's fault; does not count to backoffLimit.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-                # Invalid input: retrying cannot help.
-                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
-                                                      "values": [EXIT_INVALID_INPUT]}},
-                # SIGTERM handled with a checkpoint saved: reschedule without counting.
-                {"action": "Ignore", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
-                                                     "values": [EXIT_PREEMPTED]}},
-            ]},
-            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
-        },
-    }
+    workload = batchjob.Workload(
+        container=CONTAINER, entrypoint="llmforge-train", env=env, image=spec.image or settings.trainer_image,
+        accelerator=accelerator, count=count, spot=res.spot, cpu=res.cpu, memory=res.memory,
+        service_account_name=spec.service_account_name,
+        container_extra={"ports": [{"name": "metrics", "containerPort": settings.trainer_metrics_port,
+                                    "protocol": "TCP"}]},
+        pod_extra={"terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS},
+        volumes=[({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_LIMIT}},
+                  {"name": "dshm", "mountPath": "/dev/shm"})],
+        # SIGTERM handled with a checkpoint saved: reschedule without counting.
+        failure_rules=[{"action": "Ignore", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                                            "values": [EXIT_PREEMPTED]}}],
+    )
+    return batchjob.spec_job(resource, settings, workload, job_name=job_name(name),
+                             configmap_name=configmap_name(name), labels=labels, backoff_limit=BACKOFF_LIMIT,
+                             suspend=spec.suspend if suspend is None else suspend)
 
 
 def build_children(resource: dict[str, Any], settings: Settings) -> list[dict[str, Any]]:
