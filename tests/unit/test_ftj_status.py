@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from llmforge.api.contract import PROGRESS_METRICS
+from llmforge.api.contract import PROGRESS_METRICS, EvalResult, TrainResult, decode_result, encode_result
 from llmforge.api.finetunejob import FineTuneJobStatus
 from llmforge.controllers.finetunejob import fetch_progress
 from llmforge.pricing import DEFAULT_PRICES
@@ -157,6 +157,14 @@ def test_malformed_termination_messages_do_not_crash(message):
 def test_parse_result():
     assert parse_result(RESULT_OK).step == 300
     assert parse_result(None) is None and parse_result("{bad") is None
+
+
+@pytest.mark.parametrize("model", [TrainResult, EvalResult])
+def test_termination_message_round_trips_and_rejects_what_is_not_a_result(model):
+    result = model(phase="Failed", reason="InvalidData", message="train.jsonl:3: missing 'output'")
+    assert decode_result(encode_result(result), model) == result
+    for text in ("Traceback (most recent call last):\n  boom", '{"phase": "Exploded"}', "[1, 2]", "  {", ""):
+        assert decode_result(text, model) is None, text
 
 
 def test_preemption_counts_a_restart_and_keeps_running():

@@ -6,11 +6,16 @@ Live progress: Prometheus gauges on the pod's metrics port, named here. See docs
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Literal, TypeVar
+
+from pydantic import ValidationError
 
 from .common import MlflowStatus, StatusModel
 from .evaluation import EvalResults, Sample
 from .finetunejob import CheckpointStatus, DataStats, FineTuneMetrics, OutputStatus
+
+R = TypeVar("R", bound=StatusModel)
 
 TERMINATION_LOG = "/dev/termination-log"
 MAX_RESULT_BYTES = 4096
@@ -103,7 +108,16 @@ def encode_result(result: StatusModel) -> str:
     return text
 
 
-def _compact(data: dict) -> str:
-    import json
+def decode_result(message: str | None, model: type[R]) -> R | None:
+    """`encode_result`'s inverse for a pod's termination message: None when the message is absent, a log tail
+    (FallbackToLogsOnError: the process died before writing one) or malformed."""
+    if not message or not message.strip().startswith("{"):
+        return None
+    try:
+        return model.model_validate(json.loads(message))
+    except (ValueError, ValidationError, TypeError):
+        return None
 
+
+def _compact(data: dict) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)

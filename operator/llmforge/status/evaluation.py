@@ -16,13 +16,10 @@ Level-based and pure: ``compute_status`` gets whatever is observed now and retur
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
-from ..api.contract import EvalResult
+from ..api.contract import EvalResult, decode_result
 from ..api.gate import check_thresholds
 from ..pricing import PriceTable
 from .attempts import Placement, cost_status, merge_attempts
@@ -36,12 +33,7 @@ CONTAINER = "eval"
 
 def parse_result(message: str | None) -> EvalResult | None:
     """llmforge-eval's EvalResult JSON, or None when absent, a log tail (FallbackToLogsOnError) or malformed."""
-    if not message or not message.strip().startswith("{"):
-        return None
-    try:
-        return EvalResult.model_validate(json.loads(message))
-    except (ValueError, ValidationError, TypeError):
-        return None
+    return decode_result(message, EvalResult)
 
 
 def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:

@@ -9,14 +9,11 @@ Pure: plain dicts in, a camelCase status dict out. The pod ledger and its cost a
 
 from __future__ import annotations
 
-import json
 import math
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
-from ..api.contract import EXIT_PREEMPTED, PROGRESS_METRICS, TrainResult
+from ..api.contract import EXIT_PREEMPTED, PROGRESS_METRICS, TrainResult, decode_result
 from ..pricing import PriceTable
 from .attempts import Placement, container_status, cost_status, fmt_time, merge_attempts, parse_time
 from .conditions import set_condition
@@ -32,12 +29,7 @@ PROJECTION_MIN_PERCENT = 10.0
 
 def parse_result(message: str | None) -> TrainResult | None:
     """The trainer's TrainResult JSON, or None when the message is absent, a log tail or malformed."""
-    if not message or not message.strip().startswith("{"):
-        return None
-    try:
-        return TrainResult.model_validate(json.loads(message))
-    except (ValueError, ValidationError, TypeError):
-        return None
+    return decode_result(message, TrainResult)
 
 
 def parse_progress(text: str) -> dict[str, float]:
