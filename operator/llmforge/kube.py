@@ -147,9 +147,15 @@ def list_at(api_version: str, kind: str, namespace: str, label_selector: str) ->
     return body.get("items", []), (body.get("metadata") or {}).get("resourceVersion", "")
 
 
-def patch_status(api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-    """JSON merge patch of /status (lists such as conditions are replaced whole)."""
-    return request("PATCH", path(api_version, kind, namespace, name, "status"), {"status": status},
+def patch_status(api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any],
+                 resource_version: str | None = None) -> dict[str, Any]:
+    """JSON merge patch of /status (lists such as conditions are replaced whole). With `resource_version`, the
+    write applies only to that version of the object, else 409 Conflict: a status computed from a stale view
+    never overwrites a newer one."""
+    body: dict[str, Any] = {"status": status}
+    if resource_version:
+        body["metadata"] = {"resourceVersion": resource_version}
+    return request("PATCH", path(api_version, kind, namespace, name, "status"), body,
                    content_type="application/merge-patch+json")
 
 

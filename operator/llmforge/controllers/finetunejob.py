@@ -40,7 +40,7 @@ from .background import Loop
 from .cache import Children, Latest
 from .common import KeyedLocks, plain
 from .gate import Gate
-from .metrics import CENSUS, WATCH_LAG, instrumented
+from .metrics import CENSUS, CONFLICTS, WATCH_LAG, instrumented
 from .pricingcache import prices, prices_fresh
 
 KIND, PLURAL, API_VERSION = "FineTuneJob", "finetunejobs", f"{GROUP}/{VERSION}"
@@ -75,6 +75,9 @@ _GATE = Gate(lambda: REFRESH_THREADS_WHILE_CREATING if _in_flight[0] else REFRES
 #: Jobs seen since start-up, and those with a reconcile in flight.
 _seen: set[Key] = set()
 _reconciling: set[Key] = set()
+#: Status writes refused with 409 (computed from an older FineTuneJob than the API's): refreshed again when
+#: the newer one arrives by watch.
+_stale: set[Key] = set()
 LOG = logging.getLogger("llmforge.finetunejob")
 _loop_interval = [15.0]
 _loop = Loop(lambda: status_loop(_loop_interval[0], LOG))
@@ -251,13 +254,29 @@ def _changed(old: dict[str, Any], patch: dict[str, Any]) -> bool:
     return any(old.get(k) != v if v is not None else k in old for k, v in patch.items())
 
 
-async def _write_status(key: Key, old: dict[str, Any], status: dict[str, Any]) -> None:
+async def _write_status(key: Key, seen: dict[str, Any], status: dict[str, Any]) -> None:
+    """Write `status` as computed from `seen` (the FineTuneJob as cached), only onto that version of it.
+
+    The precondition matters when the view is stale: a replica that kopf's peering just paused keeps its
+    last cache (its watches stop) and would otherwise write, say, Running over the Succeeded the active
+    replica wrote. A conflict marks the job stale; its next watch event brings a refresh (`ftj_event`).
+    """
+    old = seen.get("status") or {}
     patch = _with_removals(old, status)
-    if _changed(old, patch):
-        LOG.debug(f"[{key[0]}/{key[1]}] status write: " + ", ".join(
-            k for k, v in patch.items() if (old.get(k) != v if v is not None else k in old)))
-        written = await asyncio.to_thread(kube.patch_status, API_VERSION, KIND, key[0], key[1], patch)
-        _ftjs.put(key, written)
+    if not _changed(old, patch):
+        return
+    LOG.debug(f"[{key[0]}/{key[1]}] status write: " + ", ".join(
+        k for k, v in patch.items() if (old.get(k) != v if v is not None else k in old)))
+    rv = seen.get("metadata", {}).get("resourceVersion")
+    try:
+        written = await asyncio.to_thread(kube.patch_status, API_VERSION, KIND, key[0], key[1], patch, rv)
+    except ApiException as exc:
+        if exc.status == 409:
+            CONFLICTS.labels(KIND).inc()
+            _stale.add(key)
+        raise
+    _stale.discard(key)
+    _ftjs.put(key, written)
 
 
 async def reconcile(body: dict[str, Any], logger: Any) -> dict[str, Any]:
@@ -271,13 +290,14 @@ async def reconcile(body: dict[str, Any], logger: Any) -> dict[str, Any]:
     old = resource["status"]
     meta = resource["metadata"]
     key, generation = (meta["namespace"], meta["name"]), meta.get("generation")
+    seen = {"metadata": meta, "status": old}
     admitted = kopf.Patch()
     model, warnings = admission.admit(body, admitted, logger)
     async with _lock(*key):
         if model is None:  # admission wrote Validated=False, phase Failed and the reasons
             status = {**old, **admitted.status}
             async with _GATE:
-                await _write_status(key, old, status)
+                await _write_status(key, seen, status)
             return status
         if old.get("observedGeneration") != generation:  # advice once per generation, not per restart
             for w in warnings:
@@ -299,10 +319,16 @@ async def reconcile(body: dict[str, Any], logger: Any) -> dict[str, Any]:
             if status is None:
                 status = await sync(resource, _settings(), apply_children=False, read_progress=False,
                                     logger=logger)
-            await _write_status(key, old, status)
+            await _write_status(key, seen, status)
     _track(*key, status)
     _announce(body, old.get("phase"), status)
     return status
+
+
+def _newer_cached(key: Key, used: dict[str, Any]) -> bool:
+    cached = _ftjs.get(key)
+    return cached is not None and cached["metadata"].get("resourceVersion") != used["metadata"].get(
+        "resourceVersion")
 
 
 def _needs_reconcile(body: dict[str, Any]) -> bool:
@@ -330,6 +356,12 @@ async def _reconcile_until_done(key: Key, logger: Any) -> None:
                 await instrumented(KIND, "reconcile")(reconcile)(body, logger)
                 done_generation, delay = generation, 1.0
                 continue
+            except ApiException as exc:
+                if exc.status == 409 and key in _stale:  # our status write met a newer FineTuneJob
+                    if _newer_cached(key, body):
+                        continue
+                    return  # its watch event triggers the next pass, if it still needs one
+                logger.warning(f"[{key[0]}/{key[1]}] reconcile failed, retrying in {delay:.0f} s: {exc}")
             except Exception as exc:  # noqa: BLE001 (retried: an API error, a timeout, a bug on one object)
                 logger.warning(f"[{key[0]}/{key[1]}] reconcile failed, retrying in {delay:.0f} s: {exc}")
             await asyncio.sleep(delay)
@@ -374,8 +406,14 @@ async def refresh(namespace: str, name: str, logger: Any, read_progress: bool = 
             # A private copy: the cached body is the baseline the write is diffed against.
             status = await sync({**current, "status": copy.deepcopy(old)}, _settings(), apply_children=False,
                                 read_progress=read_progress, logger=logger)
-            await _write_status(key, old, status)
+            await _write_status(key, current, status)
         except ApiException as exc:
+            if exc.status == 409:
+                if _newer_cached(key, current):
+                    _schedule(key, logger)  # the newer FineTuneJob is here already: no event is coming for it
+                else:  # not polled until it arrives (ftj_event); a paused replica's loop goes quiet
+                    _active.discard(key)
+                    _pending.discard(key)
             if exc.status in (404, 409):
                 return
             raise kopf.TemporaryError(f"API error {exc.status}", delay=2) from exc
@@ -450,10 +488,12 @@ async def ftj_event(type: str | None, body: kopf.Body, namespace: str, name: str
         for store in (_ftjs, _jobs):
             store.drop(key)
         _pods.forget(key)
-        for keys in (_active, _pending, _seen):
+        for keys in (_active, _pending, _seen, _stale):
             keys.discard(key)
     else:
         _trigger(key, _ftjs.put(key, body), logger)
+        if key in _stale:
+            _schedule(key, logger)
         _loop.ensure()
 
 

@@ -16,6 +16,8 @@ RECONCILES = Counter("llmforge_reconcile_total", "Handler invocations", ["kind",
 RECONCILE_SECONDS = Histogram("llmforge_reconcile_duration_seconds", "Handler duration", ["kind", "handler"],
                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 RECONCILE_ERRORS = Counter("llmforge_reconcile_errors_total", "Handler errors", ["kind", "handler", "error"])
+CONFLICTS = Counter("llmforge_status_conflicts_total",
+                    "Status writes refused because the object changed since it was read (409)", ["kind"])
 WATCH_LAG = Histogram("llmforge_watch_lag_seconds",
                       "A new resource's creationTimestamp to the operator first seeing it (1 s resolution)",
                       ["kind"], buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300))
