@@ -349,6 +349,8 @@ def api_calls(port: int) -> dict[str, float]:
             if fam.name == "llmforge_api_requests" and s.name.endswith("_total"):
                 key = f"{s.labels['verb']} {s.labels['resource']}"
                 out[key] = out.get(key, 0) + s.value
+                if s.labels.get("code") == "409":
+                    out["conflict count"] = out.get("conflict count", 0) + s.value
             elif fam.name == "llmforge_api_request_duration_seconds" and s.name.endswith(("_sum", "_count")):
                 key = f"latency {s.name.rsplit('_', 1)[1]}"
                 out[key] = out.get(key, 0) + s.value
@@ -397,6 +399,7 @@ def report(args: argparse.Namespace, created: dict[str, float], job_seen: dict[s
     latency = calls.pop("latency sum", 0.0) / max(1.0, calls.pop("latency count", 0.0))
     lag = calls.pop("lag sum", 0.0) / max(1.0, calls.pop("lag count", 0.0))
     reconcile = calls.pop("reconcile sum", 0.0) / max(1.0, calls.pop("reconcile count", 0.0))
+    conflicts = calls.pop("conflict count", 0.0)
     per_job = ", ".join(f"{k} {v / args.n:.2f}" for k, v in sorted(calls.items(), key=lambda kv: -kv[1]))
     out = f"""### Operator scale ({datetime.now(UTC):%Y-%m-%d}, {os.cpu_count()} cores, {cpu}, load {load:.1f} at the end)
 
@@ -417,7 +420,8 @@ Mean latencies: CR->Job {statistics.mean(cr_job) * 1000 if cr_job else float('na
 Job->Pod {statistics.mean(job_pod) * 1000 if job_pod else float('nan'):.0f} ms by client watch; by the audit log CR->Job
 {statistics.mean(stamps[0]) if stamps[0] else float('nan'):.2f} s, Job->Pod {statistics.mean(stamps[1]) if stamps[1] else float('nan'):.2f} s.
 Operator CPU: {cpu_s:.1f} s ({cpu_s / args.n * 1000:.0f} ms per job). Its own API calls per job: {per_job}
-({sum(calls.values()) / args.n:.2f} in all), {latency * 1000:.0f} ms mean latency as the operator saw them.
+({sum(calls.values()) / args.n:.2f} in all), {latency * 1000:.0f} ms mean latency as the operator saw them;
+{conflicts:.0f} answered 409 Conflict (a status write computed from an older FineTuneJob).
 Where CR -> Job goes, by the operator's own metrics: a new FineTuneJob reached the operator {lag:.1f} s after
 its creationTimestamp (mean, 1 s resolution), and its reconcile (admission, applies, status write) took
 {reconcile:.2f} s (mean).
