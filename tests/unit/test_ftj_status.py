@@ -280,7 +280,7 @@ def test_mlflow_run_marked_killed_best_effort():
     import json as _json
     import logging
 
-    from llmforge.controllers.finetunejob import _mlflow_run_open, mark_mlflow_killed
+    from llmforge.controllers.mlflow_cleanup import mark_mlflow_killed, mlflow_run_open
 
     seen = []
 
@@ -298,8 +298,8 @@ def test_mlflow_run_marked_killed_best_effort():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     spec = {"tracking": {"mlflow": {"trackingUri": f"http://127.0.0.1:{server.server_port}"}}}
     status = {"phase": "Running", "mlflow": {"runId": "r42"}}
-    assert _mlflow_run_open(status) and not _mlflow_run_open({"phase": "Running"})
-    assert not _mlflow_run_open({"phase": "Succeeded", "mlflow": {"runId": "r42"}})
+    assert mlflow_run_open(status) and not mlflow_run_open({"phase": "Running"})
+    assert not mlflow_run_open({"phase": "Succeeded", "mlflow": {"runId": "r42"}})
     log = logging.getLogger("test")
     asyncio.run(mark_mlflow_killed(spec, status, log))
     server.shutdown()

@@ -1,10 +1,11 @@
 """FineTuneJob reconciler: apply the ConfigMap and Job, then write the status observed from them.
 
-Three entry points share one `sync`: the create/update/resume handler (after admission), a loop that
-reads progress and accrues cost for running jobs, and watches on the Jobs and Pods we own (label-filtered)
-so status follows the children without waiting for the timer. `sync` is level-based: it reads the Job and
-Pods and recomputes the whole status each time; nothing depends on which event fired. The watches also
-feed a cache (`cache.py`), so a refresh costs one status write, and none when nothing changed.
+Three entry points share one `sync`: a reconcile per new generation (from the FineTuneJob watch, not kopf's
+create/update handlers), a loop that reads progress and accrues cost for running jobs, and watches on the
+Jobs and Pods we own (label-filtered) so status follows the children without waiting for the loop. `sync`
+is level-based: it reads the Job and Pods and recomputes the whole status each time; nothing depends on
+which event fired. The watches also feed a cache (`cache.py`), so a refresh costs one status write, and
+none when nothing changed; each write applies only to the FineTuneJob version it was computed from.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import time
 import urllib.request
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +41,7 @@ from .cache import Children, Latest
 from .common import KeyedLocks, plain
 from .gate import Gate
 from .metrics import CENSUS, CONFLICTS, WATCH_LAG, instrumented
+from .mlflow_cleanup import mark_mlflow_killed, mlflow_run_open
 from .pricingcache import prices, prices_fresh
 
 KIND, PLURAL, API_VERSION = "FineTuneJob", "finetunejobs", f"{GROUP}/{VERSION}"
@@ -544,28 +545,6 @@ def _validated(resource: dict[str, Any]) -> bool | None:
     return None
 
 
-def _mlflow_run_open(status: Any, **_: Any) -> bool:
-    return bool((status or {}).get("mlflow", {}).get("runId")) and (status or {}).get("phase") not in TERMINAL
-
-
-async def mark_mlflow_killed(spec: Any, status: Any, logger: Any, **_: Any) -> None:
-    """Best-effort: an MLflow run left RUNNING by a deleted job is marked KILLED. Never blocks deletion."""
-    uri = ((spec.get("tracking") or {}).get("mlflow") or {}).get("trackingUri")
-    run_id = (status.get("mlflow") or {}).get("runId")
-    if not uri or not run_id:
-        return
-    import json
-
-    req = urllib.request.Request(f"{uri.rstrip('/')}/api/2.0/mlflow/runs/update", method="POST",
-                                 data=json.dumps({"run_id": run_id, "status": "KILLED",
-                                                  "end_time": int(time.time() * 1000)}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        await asyncio.to_thread(urllib.request.urlopen, req, None, 5)
-    except OSError as exc:
-        logger.warning(f"MLflow run {run_id} not marked KILLED: {exc}")
-
-
 def register(settings: Settings) -> None:
     """Register the reconciler, the status loop, child watches and the MLflow finalizer."""
     owned = {MANAGED_BY_LABEL: MANAGED_BY, FTJ_LABEL: kopf.PRESENT}
@@ -584,4 +563,4 @@ def register(settings: Settings) -> None:
     kopf.on.event("batch", "v1", "jobs", id="finetunejob-jobs", labels=owned)(job_event)
     kopf.on.event("v1", "pods", id="finetunejob-pods", labels=owned)(pod_event)
     kopf.on.event(GROUP, VERSION, PLURAL, id="finetunejobs-cache")(ftj_event)
-    kopf.on.delete(GROUP, VERSION, PLURAL, id="finetunejobs-mlflow", when=_mlflow_run_open)(mark_mlflow_killed)
+    kopf.on.delete(GROUP, VERSION, PLURAL, id="finetunejobs-mlflow", when=mlflow_run_open)(mark_mlflow_killed)
