@@ -324,3 +324,17 @@ def test_a_running_jobs_cost_moves_with_the_clock():
     later = status_of(resource(status=first), job(), pods, now=1200)
     assert later["cost"]["usd"] > first["cost"]["usd"]
     assert later["cost"]["updatedAt"] > first["cost"]["updatedAt"]
+
+
+def test_job_failure_prefers_the_pods_result_then_the_job_condition_with_the_output_tail():
+    from llmforge.api.contract import TrainResult
+    from llmforge.status.conditions import job_failure
+
+    failed = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": ""}
+    own = TrainResult(phase="Failed", reason="InvalidData", message="train.jsonl:3: missing 'output'")
+    assert job_failure(failed, own, "ignored", "trainer") == {"reason": "InvalidData",
+                                                              "message": "train.jsonl:3: missing 'output'"}
+    tail = job_failure(failed, None, "x" * 2000 + "CUDA out of memory\n", "trainer")
+    assert tail["reason"] == "BackoffLimitExceeded" and tail["message"].startswith("the trainer Job failed; ")
+    assert tail["message"].endswith("CUDA out of memory") and len(tail["message"]) < 900
+    assert job_failure({}, None, None, "eval") == {"reason": "JobFailed", "message": "the eval Job failed"}

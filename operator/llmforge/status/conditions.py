@@ -32,3 +32,14 @@ def set_condition(conditions: list[dict[str, Any]] | None, type_: str, status: b
 
 def get_condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
     return next((c for c in conditions or [] if c.get("type") == type_), None)
+
+
+def job_failure(failed: dict[str, Any], result: Any, raw: str | None, who: str) -> dict[str, str]:
+    """`status.failure` of a failed Job: the pod's own result when it wrote one, else the Job's Failed
+    condition with the tail of `who`'s output (FallbackToLogsOnError puts the log there)."""
+    if result is not None and result.phase == "Failed":
+        return {"reason": result.reason or "Error", "message": result.message or ""}
+    msg = failed.get("message") or f"the {who} Job failed"
+    if raw and result is None:
+        msg += f"; {who} output: {raw.strip()[-800:]}"
+    return {"reason": failed.get("reason") or "JobFailed", "message": msg}

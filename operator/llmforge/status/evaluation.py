@@ -23,7 +23,7 @@ from ..api.contract import EvalResult, decode_result
 from ..api.gate import check_thresholds
 from ..pricing import PriceTable
 from .attempts import Placement, cost_status, merge_attempts
-from .conditions import set_condition
+from .conditions import job_failure, set_condition
 
 WAITING = "WaitingForModel"
 #: The eval Job's container (builders.evaluation.CONTAINER; status may not import builders): its
@@ -129,13 +129,7 @@ def compute_status(resource: dict[str, Any], finetunejob: dict[str, Any] | None,
     elif failed:
         phase = "Failed"
         completion = failed.get("lastTransitionTime")
-        if result is not None and result.phase == "Failed":
-            failure = {"reason": result.reason or "Error", "message": result.message or ""}
-        else:
-            msg = failed.get("message") or "the eval Job failed"
-            if raw and result is None:
-                msg += f"; eval output: {raw.strip()[-800:]}"
-            failure = {"reason": failed.get("reason") or "JobFailed", "message": msg}
+        failure = job_failure(failed, result, raw, "eval")
     elif (job.get("spec") or {}).get("suspend"):
         phase = "Suspended"
     elif running:

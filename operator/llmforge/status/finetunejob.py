@@ -16,7 +16,7 @@ from typing import Any
 from ..api.contract import EXIT_PREEMPTED, PROGRESS_METRICS, TrainResult, decode_result
 from ..pricing import PriceTable
 from .attempts import Placement, container_status, cost_status, fmt_time, merge_attempts, parse_time
-from .conditions import set_condition
+from .conditions import job_failure, set_condition
 
 BUDGET_EXCEEDED = "BudgetExceeded"
 TRAINER = "trainer"
@@ -204,13 +204,7 @@ def compute_status(resource: dict[str, Any], job: dict[str, Any] | None, pods: l
     elif failed:
         phase = "Failed"
         completion = parse_time(failed.get("lastTransitionTime")) or now
-        if result is not None and result.phase == "Failed":
-            failure = {"reason": result.reason or "Error", "message": result.message or ""}
-        else:
-            msg = failed.get("message") or "the Job failed"
-            if raw_message and result is None:
-                msg += f"; trainer output: {raw_message.strip()[-800:]}"
-            failure = {"reason": failed.get("reason") or "JobFailed", "message": msg}
+        failure = job_failure(failed, result, raw_message, "trainer")
     elif suspended_job:
         phase = "Suspended"
         suspended = (True, "SuspendedByUser", "spec.suspend is true; set it to false to resume from the checkpoint")
