@@ -10,7 +10,7 @@ import pytest
 
 from llmforge.api.contract import PROGRESS_METRICS, EvalResult, TrainResult, decode_result, encode_result
 from llmforge.api.finetunejob import FineTuneJobStatus
-from llmforge.controllers.finetunejob import fetch_progress
+from llmforge.controllers.finetunejob_sync import fetch_progress
 from llmforge.pricing import DEFAULT_PRICES
 from llmforge.status.finetunejob import (
     Placement,

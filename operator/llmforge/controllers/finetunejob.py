@@ -1,10 +1,10 @@
 """FineTuneJob reconciler: apply the ConfigMap and Job, then write the status observed from them.
 
-Three entry points share one `sync`: a reconcile per new generation (from the FineTuneJob watch, not kopf's
+Three entry points share one `sync` (finetunejob_sync.py): a reconcile per new generation (from the FineTuneJob watch, not kopf's
 create/update handlers), a loop that reads progress and accrues cost for running jobs, and watches on the
 Jobs and Pods we own (label-filtered) so status follows the children without waiting for the loop. `sync`
 is level-based: it reads the Job and Pods and recomputes the whole status each time; nothing depends on
-which event fired. The watches also feed a cache (`cache.py`), so a refresh costs one status write, and
+which event fired. The watches also feed its cache (`cache.py`), so a refresh costs one status write, and
 none when nothing changed; each write applies only to the FineTuneJob version it was computed from.
 """
 
@@ -13,40 +13,34 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import urllib.request
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 from kubernetes.client.rest import ApiException
 
 from .. import GROUP, VERSION, kube
-from ..api.finetunejob import FineTuneJob
 from ..builders.common import MANAGED_BY, MANAGED_BY_LABEL
-from ..builders.finetunejob import FTJ_LABEL, build_configmap, build_job, job_name
-from ..estimate import check_fit
+from ..builders.finetunejob import FTJ_LABEL, job_name
 from ..settings import Settings
-from ..status.attempts import parse_time
 from ..status.conditions import set_condition
-from ..status.finetunejob import (
-    Placement,
-    budget_stopped,
-    compute_status,
-    parse_progress,
-    pending_message,
-)
+from ..status.finetunejob import pending_message
 from . import admission
 from .background import Loop
-from .cache import Children, Latest
 from .common import KeyedLocks, plain
+from .finetunejob_sync import (
+    TERMINAL,
+    Key,
+    age_seconds,
+    ftj_cache,
+    job_cache,
+    pod_cache,
+    sync,
+)
 from .gate import Gate
 from .metrics import CENSUS, CONFLICTS, WATCH_LAG, instrumented
 from .mlflow_cleanup import mark_mlflow_killed, mlflow_run_open
-from .pricingcache import prices, prices_fresh
 
 KIND, PLURAL, API_VERSION = "FineTuneJob", "finetunejobs", f"{GROUP}/{VERSION}"
-TERMINAL = ("Succeeded", "Failed")
-PROGRESS_TIMEOUT_SECONDS = 1.5
 
 #: Pending jobs are re-read every this many status-loop ticks.
 PENDING_EVERY = 2
@@ -59,13 +53,7 @@ REFRESH_THREADS, REFRESH_THREADS_WHILE_CREATING = 16, 4
 #: Child events within this window share one status refresh; it widens with the API server's latency
 #: (backpressure: a busy API server gets fewer, fuller status writes), up to the maximum.
 DEBOUNCE_SECONDS, DEBOUNCE_LATENCY_FACTOR, DEBOUNCE_MAX_SECONDS = 1.0, 4.0, 10.0
-#: A cached pod list is re-checked against the API after this long (heals a DELETED event lost in a
-#: watch restart). At 60 s, jobs slowed by a busy control plane re-listed once each: 6% of its time.
-POD_LIST_TTL_SECONDS = 300.0
-#: A Job younger than this with no pod is normal, not worth an Event query for FailedCreate.
-CREATE_ERROR_GRACE_SECONDS = 5.0
 
-Key = tuple[str, str]
 _lock = KeyedLocks()
 _active: set[Key] = set()
 _pending: set[Key] = set()
@@ -82,139 +70,12 @@ _stale: set[Key] = set()
 LOG = logging.getLogger("llmforge.finetunejob")
 _loop_interval = [15.0]
 _loop = Loop(lambda: status_loop(_loop_interval[0], LOG))
-#: Only what `sync` and the status read is cached of Jobs and Pods.
-_ftjs, _jobs, _pods = Latest(), Latest(spec_keys=("suspend",)), Children(spec_keys=("nodeName",))
 
 
 def _settings() -> Settings:
     from .run import SETTINGS
 
     return SETTINGS
-
-
-# ------------------------------------------------------------------------------------- edges (I/O)
-
-
-def fetch_progress(url: str, timeout: float = PROGRESS_TIMEOUT_SECONDS) -> dict[str, float] | None:
-    """Read the trainer's gauges; None when the pod does not answer (kwok pods, a pod starting up)."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (pod IP, http only)
-            return parse_progress(resp.read(1 << 20).decode("utf-8", "replace")) or None
-    except (OSError, ValueError):
-        return None
-
-
-def _model(resource: dict[str, Any]) -> FineTuneJob:
-    return FineTuneJob.model_validate({k: v for k, v in resource.items() if k in ("kind", "metadata", "spec")})
-
-
-async def _create_children(resource: dict[str, Any], settings: Settings,
-                           suspend: bool) -> tuple[dict[str, Any], bool]:
-    """Apply the ConfigMap and the Job side by side; (job, created). The pod waits for its ConfigMap volume
-    like any kubelet mount, so neither needs the other first. Server-side apply: a retry or a restart at any
-    point converges on the same single Job. An existing Job whose immutable template we would now build
-    differently (an operator upgrade) is left as it is."""
-    cm = asyncio.to_thread(kube.apply, build_configmap(resource), settings.field_manager)
-    job = asyncio.to_thread(kube.apply_created, build_job(resource, settings, suspend=suspend),
-                            settings.field_manager)
-    cm_result, job_result = await asyncio.gather(cm, job, return_exceptions=True)
-    if isinstance(cm_result, BaseException):
-        raise cm_result
-    if isinstance(job_result, ApiException) and job_result.status == 422:
-        meta = resource["metadata"]
-        existing = await asyncio.to_thread(kube.get, "batch/v1", "Job", meta["namespace"], job_name(meta["name"]))
-        if existing is None:
-            raise job_result
-        return existing, False
-    if isinstance(job_result, BaseException):
-        raise job_result
-    return job_result
-
-
-async def _pods_of(key: Key, job: dict[str, Any] | None, created: bool) -> list[dict[str, Any]]:
-    """This Job's pods: from the cache while a recent list vouches for it, else listed (and the cache seeded)."""
-    ns, name = key
-    if created:  # a Job this call created has no pods but those its watch brings
-        _pods.vouch(key)
-    elif not _pods.fresh(key, POD_LIST_TTL_SECONDS):
-        items, rv = await asyncio.to_thread(kube.list_at, "v1", "Pod", ns,
-                                            f"{FTJ_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY}")
-        _pods.seed(key, items, rv)
-    pods = _pods.items(key)
-    if job is not None:
-        uid = job["metadata"].get("uid")
-        pods = [p for p in pods if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])]
-    return sorted(pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"].get("name") or ""))
-
-
-async def sync(resource: dict[str, Any], settings: Settings, *, apply_children: bool, read_progress: bool,
-               logger: Any = None) -> dict[str, Any]:
-    """Create what is missing, enforce suspend, observe the Job and Pods, return the whole status.
-
-    Reads come from the watch cache; only what is missing there costs an API call.
-    """
-    meta = resource["metadata"]
-    ns, name = meta["namespace"], meta["name"]
-    key = (ns, name)
-    model = _model(resource)
-    fit = check_fit(model.spec)
-    if fit.accelerator == "auto":
-        raise ValueError(fit.message)
-    placement = Placement(fit.accelerator, 1 if fit.accelerator == "cpu" else model.spec.resources.count,
-                          model.spec.resources.spot)
-    old = resource.get("status") or {}
-    jname = job_name(name)
-    want_suspend = bool(model.spec.suspend) or budget_stopped(old)
-    job, created = _jobs.get(key), False
-    if job is None and apply_children and old.get("phase") not in TERMINAL:
-        job, created = await _create_children(resource, settings, want_suspend)
-        job = _jobs.put(key, job)
-    elif job is None:
-        job = await asyncio.to_thread(kube.get, "batch/v1", "Job", ns, jname)
-        job = _jobs.put(key, job) if job is not None else None
-    if job is not None and bool(job.get("spec", {}).get("suspend")) != want_suspend and (
-            apply_children or want_suspend) and not (_finished(job) and not want_suspend):
-        job = _jobs.put(key, await asyncio.to_thread(kube.merge_patch, "batch/v1", "Job", ns, jname,
-                                                     {"spec": {"suspend": want_suspend}}))
-    pods = await _pods_of(key, job, created)
-    create_error = None
-    if job is not None and not pods and _age_seconds(job) > CREATE_ERROR_GRACE_SECONDS:
-        create_error = await asyncio.to_thread(_pod_create_error, ns, job)
-    progress = None
-    if read_progress:
-        running = [p for p in pods if p.get("status", {}).get("phase") == "Running" and p["status"].get("podIP")]
-        if running:
-            ip = running[0]["status"]["podIP"]
-            progress = await asyncio.to_thread(fetch_progress,
-                                               f"http://{ip}:{settings.trainer_metrics_port}/metrics")
-    table = prices(settings, logger) if prices_fresh() else await asyncio.to_thread(prices, settings, logger)
-    status = compute_status(resource, job, pods, placement, table, datetime.now(UTC),
-                            progress=progress, estimate=fit.status(), job_name=jname, create_error=create_error)
-    if budget_stopped(status) and job is not None and not job.get("spec", {}).get("suspend") and not _finished(job):
-        _jobs.put(key, await asyncio.to_thread(kube.merge_patch, "batch/v1", "Job", ns, jname,
-                                               {"spec": {"suspend": True}}))
-    return status
-
-
-def _age_seconds(obj: dict[str, Any]) -> float:
-    created = parse_time(obj.get("metadata", {}).get("creationTimestamp"))
-    return (datetime.now(UTC) - created).total_seconds() if created else 0.0
-
-
-def _pod_create_error(namespace: str, job: dict[str, Any]) -> str | None:
-    """The Job controller's latest FailedCreate event (missing ServiceAccount, quota, admission)."""
-    uid = job["metadata"].get("uid")
-    events = kube.request("GET", kube.path("v1", "Event", namespace), query={
-        "fieldSelector": f"involvedObject.uid={uid},reason=FailedCreate"}).get("items", [])
-    if not events:
-        return None
-    latest = max(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
-    return latest.get("message")
-
-
-def _finished(job: dict[str, Any]) -> bool:
-    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-               for c in job.get("status", {}).get("conditions") or [])
 
 
 def _with_removals(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -277,7 +138,7 @@ async def _write_status(key: Key, seen: dict[str, Any], status: dict[str, Any]) 
             _stale.add(key)
         raise
     _stale.discard(key)
-    _ftjs.put(key, written)
+    ftj_cache.put(key, written)
 
 
 async def reconcile(body: dict[str, Any], logger: Any) -> dict[str, Any]:
@@ -327,7 +188,7 @@ async def reconcile(body: dict[str, Any], logger: Any) -> dict[str, Any]:
 
 
 def _newer_cached(key: Key, used: dict[str, Any]) -> bool:
-    cached = _ftjs.get(key)
+    cached = ftj_cache.get(key)
     return cached is not None and cached["metadata"].get("resourceVersion") != used["metadata"].get(
         "resourceVersion")
 
@@ -346,7 +207,7 @@ async def _reconcile_until_done(key: Key, logger: Any) -> None:
     delay, done_generation = 1.0, None
     try:
         while True:
-            body = _ftjs.get(key)
+            body = ftj_cache.get(key)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return
             generation = body["metadata"].get("generation")
@@ -377,7 +238,7 @@ def _trigger(key: Key, body: dict[str, Any], logger: Any) -> None:
     first = key not in _seen
     _seen.add(key)
     if first and not body.get("status"):
-        WATCH_LAG.labels(KIND).observe(max(0.0, _age_seconds(body)))
+        WATCH_LAG.labels(KIND).observe(max(0.0, age_seconds(body)))
     if key in _reconciling or body["metadata"].get("deletionTimestamp"):
         return
     if _needs_reconcile(body) or (first and (body.get("status") or {}).get("phase") not in TERMINAL):
@@ -393,11 +254,11 @@ async def refresh(namespace: str, name: str, logger: Any, read_progress: bool = 
     async with _lock(namespace, name), _GATE:  # lock before gate, as in reconcile: no wait cycle
         _queued.discard(key)
         try:
-            current = _ftjs.get(key)
+            current = ftj_cache.get(key)
             if current is None or _validated(current) is not True:
                 # Not seen yet, or seen before admission wrote Validated: ask the API, not a stale view.
                 current = await asyncio.to_thread(kube.get, API_VERSION, KIND, namespace, name)
-                current = _ftjs.put(key, current) if current is not None else None
+                current = ftj_cache.put(key, current) if current is not None else None
             if current is None or current.get("metadata", {}).get("deletionTimestamp"):
                 _active.discard(key)
                 return
@@ -460,9 +321,9 @@ async def job_event(type: str | None, body: kopf.Body, namespace: str, name: str
         return
     key = (namespace, owner)
     if type == "DELETED":
-        _jobs.drop(key)
+        job_cache.drop(key)
     else:
-        _jobs.put(key, body)
+        job_cache.put(key, body)
     _schedule(key, logger)
 
 
@@ -474,9 +335,9 @@ async def pod_event(type: str | None, body: kopf.Body, namespace: str, labels: d
         return
     key = (namespace, owner)
     if type == "DELETED":
-        _pods.delete(key, body)
+        pod_cache.delete(key, body)
     else:
-        _pods.put(key, body)
+        pod_cache.put(key, body)
     _schedule(key, logger)
 
 
@@ -486,13 +347,13 @@ async def ftj_event(type: str | None, body: kopf.Body, namespace: str, name: str
     key = (namespace, name)
     CENSUS.observe(KIND, namespace, name, body, deleted=type == "DELETED")
     if type == "DELETED":
-        for store in (_ftjs, _jobs):
+        for store in (ftj_cache, job_cache):
             store.drop(key)
-        _pods.forget(key)
+        pod_cache.forget(key)
         for keys in (_active, _pending, _seen, _stale):
             keys.discard(key)
     else:
-        _trigger(key, _ftjs.put(key, body), logger)
+        _trigger(key, ftj_cache.put(key, body), logger)
         if key in _stale:
             _schedule(key, logger)
         _loop.ensure()
