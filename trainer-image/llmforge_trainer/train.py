@@ -1,14 +1,7 @@
 """One training attempt: trl's SFTTrainer/SFTConfig driven by the FineTuneJob, plus our guarantees.
 
-The loop is trl's; this module is glue and guarantees, as callbacks:
-
-- ``ProgressCallback``: Prometheus gauges + one human line per logging step, MLflow metrics (loss, eval_loss,
-  eval_perplexity = exp(eval_loss), learning rate, grad norm, tokens/s, GPU memory), and the NaN/inf guard
-  (``LossDiverged`` with advice).
-- ``PreemptionCallback``: after SIGTERM, finish the current step, save a checkpoint, stop (exit
-  ``contract.EXIT_PREEMPTED``). Under DDP the flag is all-reduced so every rank stops at the same step.
-- ``CheckpointCallback``: publish each checkpoint trl/transformers writes to local scratch to
-  ``<output>/checkpoints/checkpoint-N/`` with a completion marker, then prune to ``checkpoint.keep``.
+The loop is trl's; this module is glue, and the guarantees are callbacks (`callbacks.py`: progress and the
+NaN guard, preemption, checkpoint publishing) over the attempt's state (`attempt.py`).
 
 On start the newest *complete* checkpoint under the output URI is downloaded and resumed from (optimizer,
 scheduler, RNG and data position included, by transformers). Output: ``adapter/``, optional ``merged/``,
@@ -22,9 +15,7 @@ import logging
 import math
 import os
 import shutil
-import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,215 +26,13 @@ from . import data as data_mod
 from . import model as model_mod
 from . import report as report_mod
 from . import storage
+from .attempt import Attempt, Preemption, RunOptions, rank, world_size
+from .callbacks import callbacks
 from .errors import TrainError
-from .progress import ProgressExporter, eta_seconds, format_line
+from .progress import ProgressExporter
 from .tracking import Tracker, flatten, job_tags
 
 log = logging.getLogger("llmforge.train")
-
-
-@dataclass
-class RunOptions:
-    """How to run, beyond the spec: where to put scratch files, which port for gauges, extra callbacks (tests)."""
-
-    work_dir: Path
-    metrics_port: int = 0
-    strategy: str = "single"
-    callbacks: list[Any] = field(default_factory=list)
-
-
-class Preemption:
-    """SIGTERM -> a flag the training loop checks after each step (the signal handler does nothing else)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.at: float | None = None
-        self._old: Any = None
-
-    def install(self) -> None:
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002
-        if not self.requested:
-            self.requested, self.at = True, time.time()
-            log.warning("SIGTERM received: finishing this step, then saving a checkpoint and exiting")
-
-    def restore(self) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-            self._old = None
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-@dataclass
-class Attempt:
-    """What this attempt has learned so far; the report and result are built from it."""
-
-    job: FineTuneJob
-    opts: RunOptions
-    preemption: Preemption
-    tracker: Tracker
-    exporter: ProgressExporter
-    started: float = field(default_factory=time.time)
-    durations: dict[str, float] = field(default_factory=dict)
-    resumed_from: int | None = None
-    start_step: int = 0
-    step: int = 0
-    total_steps: int | None = None
-    epoch: float | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    last: dict[str, Any] = field(default_factory=dict)
-    checkpoint: tuple[int, str] | None = None
-    checkpoints_published: list[int] = field(default_factory=list)
-    preempted_at_step: int | None = None
-    notes: list[str] = field(default_factory=list)
-    data: data_mod.Prepared | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    train_metrics: dict[str, Any] = field(default_factory=dict)
-    eval_metrics: dict[str, Any] = field(default_factory=dict)
-    outputs: dict[str, str] = field(default_factory=dict)
-    train_started: float | None = None
-    trainer: Any = None
-    _tok_mark: tuple[float, int] | None = None
-
-    @property
-    def main(self) -> bool:
-        return rank() == 0
-
-    @property
-    def spec(self):
-        return self.job.spec
-
-
-def _callbacks():
-    """TrainerCallback subclasses, defined lazily so importing this module does not import transformers."""
-    from transformers import TrainerCallback
-
-    class ProgressCallback(TrainerCallback):
-        def __init__(self, at: Attempt):
-            self.at = at
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            at = self.at
-            at.total_steps = state.max_steps
-            at.start_step = state.global_step
-            at.train_started = time.time()
-            at._tok_mark = (time.monotonic(), state.num_input_tokens_seen)
-            at.exporter.set(total_steps=state.max_steps, step=state.global_step, epoch=state.epoch or 0.0)
-            if at.main:
-                log.info("training: %d optimizer steps planned, starting at step %d%s", state.max_steps,
-                         state.global_step, f" (resumed from checkpoint-{at.resumed_from})" if at.resumed_from
-                         else "")
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            import torch
-
-            at = self.at
-            logs = dict(logs or {})
-            values: dict[str, Any] = {}
-            if "train_loss" in logs:  # the end-of-training summary
-                if at.main:
-                    log.info("training done: %d steps, mean loss %.4f, %.1fs", state.global_step,
-                             float(logs["train_loss"]), float(logs.get("train_runtime", 0.0)))
-                return
-            if "loss" in logs:
-                values["loss"] = float(logs["loss"])
-                now, tokens = time.monotonic(), state.num_input_tokens_seen
-                if at._tok_mark and now > at._tok_mark[0] and tokens >= at._tok_mark[1]:
-                    values["tokens_per_second"] = (tokens - at._tok_mark[1]) / (now - at._tok_mark[0])
-                at._tok_mark = (now, tokens)
-            for key in ("learning_rate", "grad_norm", "mean_token_accuracy", "entropy", "eval_loss",
-                        "eval_mean_token_accuracy"):
-                if isinstance(logs.get(key), int | float):
-                    values[key] = float(logs[key])
-            if "eval_loss" in values:
-                values["eval_perplexity"] = report_mod.perplexity(values["eval_loss"])
-            if torch.cuda.is_available():
-                values["gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            values["epoch"] = float(state.epoch or 0.0)
-            step = state.global_step
-            at.step, at.epoch = step, state.epoch
-            at.last.update(values)
-            at.history.append({"step": step, **values})
-            at.exporter.set(step=step, epoch=values["epoch"], loss=values.get("loss"),
-                            tokens_per_second=values.get("tokens_per_second"),
-                            learning_rate=values.get("learning_rate"))
-            if at.main:
-                at.tracker.log_metrics(values, step)
-                elapsed = time.time() - (at.train_started or time.time())
-                log.info("%s", format_line(step, state.max_steps, values,
-                                           eta_seconds(step, state.max_steps, elapsed, at.start_step)))
-            for key in ("loss", "eval_loss", "grad_norm"):
-                v = values.get(key)
-                if v is not None and not math.isfinite(v):
-                    raise report_mod.loss_diverged(step, v, at.spec)
-
-    class PreemptionCallback(TrainerCallback):
-        def __init__(self, at: Attempt):
-            self.at = at
-
-        def _flag(self) -> bool:
-            requested = self.at.preemption.requested
-            if world_size() > 1:
-                import torch
-                import torch.distributed as dist
-
-                if dist.is_available() and dist.is_initialized():
-                    t = torch.tensor([1 if requested else 0], dtype=torch.int64,
-                                     device="cuda" if torch.cuda.is_available() else "cpu")
-                    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-                    requested = bool(t.item())
-            return requested
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self._flag():
-                self.at.preempted_at_step = state.global_step
-                control.should_save = True
-                control.should_training_stop = True
-                control.should_evaluate = False  # the grace period is for the checkpoint
-
-        def on_epoch_end(self, args, state, control, **kwargs):
-            if self.at.preempted_at_step is not None:
-                control.should_evaluate = False
-
-    class CheckpointCallback(TrainerCallback):
-        def __init__(self, at: Attempt):
-            self.at = at
-
-        def on_save(self, args, state, control, model=None, **kwargs):
-            at = self.at
-            step = state.global_step
-            if model is not None:
-                model_mod.require_finite_adapter(model, step)
-            if not at.main:
-                return
-            local = Path(args.output_dir) / f"checkpoint-{step}"
-            if not local.is_dir():
-                log.warning("checkpoint: %s was not written; nothing to publish", local)
-                return
-            t0 = time.time()
-            uri = storage.publish_checkpoint(local, at.spec.output.uri, step,
-                                             extra={"mlflow_run_id": at.tracker.run_id})
-            storage.prune_checkpoints(at.spec.output.uri, at.spec.checkpoint.keep)
-            at.checkpoint = (step, uri)
-            at.checkpoints_published.append(step)
-            at.durations["checkpoint_upload_seconds"] = round(
-                at.durations.get("checkpoint_upload_seconds", 0.0) + time.time() - t0, 3)
-            at.exporter.set(checkpoint_step=step)
-            at.tracker.set_tag("llmforge.checkpoint", uri)
-            log.info("checkpoint: step %d published to %s", step, uri)
-
-    return ProgressCallback, PreemptionCallback, CheckpointCallback
 
 
 def packed_batching(batch_size: int, grad_accum: int, packing: bool, attn: str) -> tuple[int, int, str | None]:
@@ -398,7 +187,7 @@ def execute(at: Attempt) -> None:
     cfg = sft_config(spec, out_dir, at.data.format, has_cuda, bool(at.data.validation), opts.strategy, at.notes)
     for note in at.notes:
         log.info("note: %s", note)
-    progress_cb, preempt_cb, ckpt_cb = _callbacks()
+    progress_cb, preempt_cb, ckpt_cb = callbacks()
     train_ds = Dataset.from_list(at.data.train)
     eval_ds = Dataset.from_list(at.data.validation) if at.data.validation else None
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=train_ds, eval_dataset=eval_ds,
