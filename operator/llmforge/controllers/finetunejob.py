@@ -270,7 +270,7 @@ async def refresh(namespace: str, name: str, logger: Any, read_progress: bool = 
                                 read_progress=read_progress, logger=logger)
             await _write_status(key, current, status)
         except ApiException as exc:
-            if exc.status == 409:
+            if exc.status == 409 and key in _stale and current is not None:  # our write met a newer job
                 if _newer_cached(key, current):
                     _schedule(key, logger)  # the newer FineTuneJob is here already: no event is coming for it
                 else:  # not polled until it arrives (ftj_event); a paused replica's loop goes quiet
