@@ -150,9 +150,21 @@ def test_job_created_and_bound_to_the_l4_node(ns, operator):
     assert len(jobs(ns)) == 1
     # Reconciles follow generation vs. observedGeneration: no kopf diff-base or progress annotations.
     assert [a for a in get(ns, "l4")["metadata"].get("annotations") or {} if a.startswith("llmforge.dev/")] == []
-    wait_until(lambda: {"Pending", "Succeeded"} <= {e["reason"] for e in kube.request(
-        "GET", f"/api/v1/namespaces/{ns}/events")["items"] if e["involvedObject"].get("kind") == "FineTuneJob"},
-        120, "phase-change events")
+
+    def phase_events() -> list[tuple[str, str]]:
+        return [(e["reason"], e.get("message") or "") for e in kube.request(
+            "GET", f"/api/v1/namespaces/{ns}/events")["items"] if e["involvedObject"].get("kind") == "FineTuneJob"]
+
+    def announced() -> bool:
+        reasons = {reason for reason, _ in phase_events()}
+        # The first status is computed after the children are applied, from the newest view: a pod that is
+        # already running makes it "New -> Running" (one write, no Pending to announce).
+        return "Succeeded" in reasons and bool(reasons & {"Pending", "Running"})
+
+    try:
+        wait_until(announced, 120, "phase-change events")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nevents: {phase_events()}\n{operator.log()}") from None
 
 
 def test_hyperparameter_advice_is_a_warning_event_and_a_condition(ns, operator):
