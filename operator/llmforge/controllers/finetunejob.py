@@ -106,8 +106,6 @@ def _announce(body: Any, old_phase: str | None, status: dict[str, Any]) -> None:
                    message=f"{old_phase or 'New'} -> {phase}; cost so far ${cost or 0:.2f}")
 
 
-
-
 # ------------------------------------------------------------------------------------- handlers
 
 
