@@ -13,6 +13,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
+_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
+_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
 class Settings(BaseModel):
     """How the operator runs. Env var = LLMFORGE_ + field name upper-cased (lists: comma-separated)."""
 
@@ -65,6 +69,48 @@ class Settings(BaseModel):
     evaluation Jobs, vLLM Deployments), after the operator's own. For clusters without Google storage:
     `make demo-kind` points the trainer and server at an in-cluster fake-gcs-server with
     STORAGE_EMULATOR_HOST. Comma-separated in LLMFORGE_WORKLOAD_ENV, so values cannot contain commas."""
+
+    workload_node_selector: list[str] = Field(default_factory=list)
+    """Extra KEY=VALUE node labels every workload pod (trainer, evaluation, vLLM) must match, added to the
+    accelerator's own selector: pins llmforge's pods to a dedicated node pool. Comma-separated in
+    LLMFORGE_WORKLOAD_NODE_SELECTOR. The real-node tests use it to put pods on the containerd node."""
+    workload_tolerations: list[str] = Field(default_factory=list)
+    """Extra tolerations for every workload pod, each KEY=VALUE:EFFECT (operator Equal) or KEY:EFFECT
+    (operator Exists), EFFECT one of NoSchedule, PreferNoSchedule, NoExecute; for a tainted dedicated pool.
+    Comma-separated in LLMFORGE_WORKLOAD_TOLERATIONS."""
+
+    @field_validator("workload_node_selector")
+    @classmethod
+    def _key_equals_value(cls, items: list[str]) -> list[str]:
+        for item in items:
+            key, eq, value = item.partition("=")
+            if not eq or not key or not _LABEL.fullmatch(key.rsplit("/", 1)[-1]) or (value and not _LABEL.fullmatch(value)):
+                raise ValueError(f"{item!r} is not KEY=VALUE with a valid label key and value")
+        return items
+
+    @field_validator("workload_tolerations")
+    @classmethod
+    def _toleration(cls, items: list[str]) -> list[str]:
+        for item in items:
+            head, colon, effect = item.rpartition(":")
+            if not colon or effect not in _EFFECTS or not head.partition("=")[0]:
+                raise ValueError(f"{item!r} is not KEY=VALUE:EFFECT or KEY:EFFECT "
+                                 f"(EFFECT one of {', '.join(_EFFECTS)})")
+        return items
+
+    def node_selector(self) -> dict[str, str]:
+        """workload_node_selector as a nodeSelector map."""
+        return dict(item.split("=", 1) for item in self.workload_node_selector)
+
+    def tolerations(self) -> list[dict[str, str]]:
+        """workload_tolerations as pod tolerations."""
+        out = []
+        for item in self.workload_tolerations:
+            head, _, effect = item.rpartition(":")
+            key, eq, value = head.partition("=")
+            out.append({"key": key, "operator": "Equal", "value": value, "effect": effect} if eq
+                       else {"key": key, "operator": "Exists", "effect": effect})
+        return out
 
     @field_validator("workload_env")
     @classmethod

@@ -208,3 +208,30 @@ def test_workload_env_reaches_every_container_after_ours():
 def test_workload_env_rejects_what_is_not_name_equals_value(bad):
     with pytest.raises(ValueError, match="LLMFORGE_WORKLOAD_ENV"):
         Settings.from_env({"LLMFORGE_WORKLOAD_ENV": bad})
+
+
+def test_workload_pool_selector_and_tolerations_join_the_accelerators_own():
+    from llmforge.builders.common import workload_placement
+    from llmforge.settings import Settings
+
+    s = Settings.from_env({"LLMFORGE_WORKLOAD_NODE_SELECTOR": "pool=llm,llmforge.dev/runtime=containerd",
+                           "LLMFORGE_WORKLOAD_TOLERATIONS": "llmforge.dev/runtime=containerd:NoSchedule,dedicated:NoExecute"})
+    out = workload_placement(s, "nvidia-l4", 1, False)
+    assert out["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4", "pool": "llm",
+                                   "llmforge.dev/runtime": "containerd"}
+    assert out["tolerations"][1:] == [
+        {"key": "llmforge.dev/runtime", "operator": "Equal", "value": "containerd", "effect": "NoSchedule"},
+        {"key": "dedicated", "operator": "Exists", "effect": "NoExecute"}]
+    assert out["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert workload_placement(Settings(), "cpu", 1, False) == {}
+
+
+def test_bad_workload_pool_settings_name_the_variable():
+    import pytest
+
+    from llmforge.settings import Settings
+
+    with pytest.raises(ValueError, match="LLMFORGE_WORKLOAD_TOLERATIONS.*KEY=VALUE:EFFECT"):
+        Settings.from_env({"LLMFORGE_WORKLOAD_TOLERATIONS": "a=b:Sometimes"})
+    with pytest.raises(ValueError, match="LLMFORGE_WORKLOAD_NODE_SELECTOR"):
+        Settings.from_env({"LLMFORGE_WORKLOAD_NODE_SELECTOR": "novalue"})

@@ -65,7 +65,7 @@ def spec_job(resource: dict[str, Any], settings: Settings, w: Workload, *, job_n
         **w.pod_extra,
         "containers": [container],
         "volumes": [volume for volume, _ in volumes],
-        **common.placement(w.accelerator, w.count, w.spot, settings.runtime),
+        **common.workload_placement(settings, w.accelerator, w.count, w.spot),
     }
     if w.service_account_name:
         pod_spec["serviceAccountName"] = w.service_account_name

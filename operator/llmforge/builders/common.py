@@ -83,6 +83,18 @@ def placement(accelerator: str, count: int, spot: bool, runtime: str = "kubernet
     return out
 
 
+def workload_placement(settings: Any, accelerator: str, count: int, spot: bool) -> dict[str, Any]:
+    """placement() plus the operator's own dedicated-pool selector and tolerations (settings.workload_*)."""
+    out = placement(accelerator, count, spot, settings.runtime)
+    if settings.runtime == "local":
+        return out
+    if selector := settings.node_selector():
+        out["nodeSelector"] = {**out.get("nodeSelector", {}), **selector}
+    if tolerations := settings.tolerations():
+        out["tolerations"] = [*out.get("tolerations", []), *tolerations]
+    return out
+
+
 def resources(accelerator: str, count: int, cpu: str | None = None, memory: str | None = None) -> dict[str, Any]:
     """Container resources: requests sized to the machine; GPUs and memory as limits."""
     requests = pod_requests(accelerator, count, cpu, memory)

@@ -28,7 +28,7 @@ from ..api.serving import SERVE_PORT
 from ..estimate import serving_accelerator
 from ..pricing import DEFAULT_PRICES, PriceTable
 from ..settings import Settings
-from .common import container_security_context, placement, pod_security_context, resources, workload_env
+from .common import container_security_context, pod_security_context, resources, workload_env, workload_placement
 
 CONFIG_DIR = "/etc/llmforge"
 CONFIG_FILE = "serve.yaml"
@@ -314,7 +314,7 @@ def build_deployment(md: ModelDeployment, plan: VariantPlan, config: dict[str, A
             # vLLM's tensor-parallel workers talk through shared memory.
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
         ],
-        **placement(accelerator, spec.resources.count, spec.resources.spot, settings.runtime),
+        **workload_placement(settings, accelerator, spec.resources.count, spec.resources.spot),
     }
     if spec.service_account_name:
         pod_spec["serviceAccountName"] = spec.service_account_name
