@@ -8,7 +8,8 @@ export HF_HUB_OFFLINE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HOME := $(LLMFORGE_CACHE)/hf
 
-.PHONY: setup setup-python setup-k8s test test-unit test-k8s test-ml test-vllm crds docs chart lint demo demo-kind cluster-up cluster-down bench
+# images, setup-host, demo-node: the three images built here without Docker, and a real node (root only).
+.PHONY: setup setup-all setup-python setup-k8s setup-host images demo-node test test-unit test-k8s test-ml test-vllm crds docs chart lint demo demo-kind cluster-up cluster-down bench
 
 # The Go build is CPU-bound and the venv build network-bound: run them side by side.
 setup:
@@ -20,8 +21,22 @@ setup-python:
 setup-k8s:
 	@bash scripts/build-k8s.sh
 
+# Everything the tests need: the venv, the Go-built control plane and node, and the images (built while the Go
+# build runs: one is network- and disk-bound, the other CPU-bound).
+setup-all:
+	@$(MAKE) --no-print-directory -j3 setup-python setup-k8s images
+
+setup-host:
+	@bash scripts/setup-host.sh
+
+# The trainer, server and operator images from their own Dockerfiles, on bases made here from Debian packages
+# (no Docker, no registry): buildah, cached by content under $(LLMFORGE_CACHE)/images. Skipped with the reason
+# where the machine cannot build them (not root), except under CI=true.
+images: setup-python setup-host
+	@$(PY) -m llmforge.devcluster.images build --if-possible
+
 # All tiers. pytest's exit 5 (nothing collected) is a failure here, as it is any non-zero code.
-test: setup
+test: setup-all
 	@$(PY) -m pytest -p no:cacheprovider -q
 
 test-unit: setup-python

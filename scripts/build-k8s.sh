@@ -3,6 +3,8 @@
 #
 # No real kube-apiserver ships in PyPI, npm or Debian, so we compile one from Go modules:
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (k8s.io/kubernetes)
+#   kubelet, kube-proxy                                              (k8s.io/kubernetes: the real node)
+#   containerd, containerd-shim-runc-v2, ctr                         (github.com/containerd/containerd/v2)
 #   etcd                                                             (go.etcd.io/etcd/server/v3)
 #   kwok                                                             (sigs.k8s.io/kwok, fake nodes)
 #   helm                                                             (helm.sh/helm/v3)
@@ -26,6 +28,8 @@ K8S_VERSION="${LLMFORGE_K8S_VERSION:-1.34.4}"
 ETCD_VERSION="${LLMFORGE_ETCD_VERSION:-3.6.16}"
 KWOK_VERSION="${LLMFORGE_KWOK_VERSION:-0.7.0}"
 HELM_VERSION="${LLMFORGE_HELM_VERSION:-3.22.0}"
+# Debian's containerd 1.6 is older than Kubernetes 1.34 supports; 2.x builds from its Go module in ~75 s.
+CONTAINERD_VERSION="${LLMFORGE_CONTAINERD_VERSION:-2.2.9}"
 
 CACHE="${LLMFORGE_CACHE:-$HOME/.cache/llmforge}"
 OUT="$CACHE/k8s/$K8S_VERSION"
@@ -41,7 +45,9 @@ START=$SECONDS
 
 log() { printf '[build-k8s %4ds] %s\n' "$((SECONDS - START))" "$*" >&2; }
 
-ALL=(etcd kwok kube-apiserver kube-controller-manager kube-scheduler kubectl helm)
+K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
+CONTAINERD_BINS=(containerd containerd-shim-runc-v2 ctr)
+ALL=(etcd kwok "${K8S_BINS[@]}" helm "${CONTAINERD_BINS[@]}")
 if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
   have=1
   for b in "${ALL[@]}"; do [[ -x "$KUBEBUILDER_ASSETS/$b" ]] || have=0; done
@@ -106,18 +112,16 @@ build_kubernetes() {
   go mod edit -require="k8s.io/kubernetes@v$v"
   local m
   for m in $staging; do go mod edit -replace="$m=$m@v0.${v#1.}"; done
-  log "kubernetes: $(wc -w <<<"$staging") staging modules replaced with v0.${v#1.}; building 4 binaries (the long part)"
+  log "kubernetes: $(wc -w <<<"$staging") staging modules replaced with v0.${v#1.}; building ${#K8S_BINS[@]} binaries (the long part)"
   local pkg=k8s.io/component-base/version cgo=k8s.io/client-go/pkg/version x=""
   for p in $pkg $cgo; do
     x+=" -X $p.gitVersion=v$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
     x+=" -X $p.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   done
-  # One `go build` for all four shares compiled packages; CGO off gives static binaries.
+  # One `go build` for all of them shares compiled packages (the node's kubelet and kube-proxy add ~1/3);
+  # CGO off gives static binaries.
   CGO_ENABLED=0 go build -mod=mod "${GO_BUILD_FLAGS[@]}" -ldflags "-s -w$x" -o "$OUT/" \
-    k8s.io/kubernetes/cmd/kube-apiserver \
-    k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler \
-    k8s.io/kubernetes/cmd/kubectl
+    "${K8S_BINS[@]/#/k8s.io/kubernetes/cmd/}"
   stamp kubernetes "$v"
   log "kubernetes: done ($("$OUT/kube-apiserver" --version))"
 }
@@ -152,11 +156,25 @@ build_helm() {
   log "helm: done ($("$OUT/helm" version --short))"
 }
 
+build_containerd() {
+  local v=$CONTAINERD_VERSION w="$SRC/containerd-$CONTAINERD_VERSION"
+  new_wrapper "$w"
+  cd "$w"
+  go mod edit -require="github.com/containerd/containerd/v2@v$v"
+  log "containerd: building github.com/containerd/containerd/v2@v$v"
+  CGO_ENABLED=0 go build -mod=mod "${GO_BUILD_FLAGS[@]}" -tags "no_btrfs no_devmapper no_zfs" \
+    -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=v$v" -o "$OUT/" \
+    "${CONTAINERD_BINS[@]/#/github.com/containerd/containerd/v2/cmd/}"
+  stamp containerd "$v"
+  log "containerd: done ($("$OUT/containerd" --version))"
+}
+
 # Smallest first, so a failure in the big build still leaves the others usable.
 built=0
 if needs_build etcd "$ETCD_VERSION" etcd; then build_etcd; built=1; fi
 if needs_build kwok "$KWOK_VERSION" kwok; then build_kwok; built=1; fi
-if needs_build kubernetes "$K8S_VERSION" kube-apiserver kube-controller-manager kube-scheduler kubectl; then
+if needs_build containerd "$CONTAINERD_VERSION" "${CONTAINERD_BINS[@]}"; then build_containerd; built=1; fi
+if needs_build kubernetes "$K8S_VERSION" "${K8S_BINS[@]}"; then
   build_kubernetes
   built=1
 fi
