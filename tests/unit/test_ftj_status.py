@@ -338,3 +338,18 @@ def test_job_failure_prefers_the_pods_result_then_the_job_condition_with_the_out
     assert tail["reason"] == "BackoffLimitExceeded" and tail["message"].startswith("the trainer Job failed; ")
     assert tail["message"].endswith("CUDA out of memory") and len(tail["message"]) < 900
     assert job_failure({}, None, None, "eval") == {"reason": "JobFailed", "message": "the eval Job failed"}
+
+
+def test_a_job_failed_by_oomkilled_pods_is_out_of_memory_not_backoff():
+    from llmforge.status.conditions import job_failure
+
+    failed = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+              "message": "Job has reached the specified backoff limit"}
+    oom = {"pod": "p", "uid": "u", "endTime": "2026-12-03T10:00:00Z", "exitCode": 137, "reason": "OOMKilled"}
+    out = job_failure(failed, None, "Killed", "trainer", [dict(oom, pod="p0"), dict(oom, pod="p1")])
+    assert out["reason"] == "OutOfMemory"
+    assert "2 of 2 attempt(s)" in out["message"] and "spec.resources.memory" in out["message"]
+    # An error after an earlier OOM is not an OOM; nor is a pod that is still running.
+    err = dict(oom, pod="p2", exitCode=1, reason="Error")
+    assert job_failure(failed, None, "boom", "trainer", [oom, err])["reason"] == "BackoffLimitExceeded"
+    assert job_failure(failed, None, None, "trainer", [{**oom, "endTime": None}])["reason"] == "BackoffLimitExceeded"

@@ -34,11 +34,20 @@ def get_condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[s
     return next((c for c in conditions or [] if c.get("type") == type_), None)
 
 
-def job_failure(failed: dict[str, Any], result: Any, raw: str | None, who: str) -> dict[str, str]:
-    """`status.failure` of a failed Job: the pod's own result when it wrote one, else the Job's Failed
-    condition with the tail of `who`'s output (FallbackToLogsOnError puts the log there)."""
+def job_failure(failed: dict[str, Any], result: Any, raw: str | None, who: str,
+                attempts: list[dict[str, Any]] | None = None) -> dict[str, str]:
+    """`status.failure` of a failed Job: the pod's own result when it wrote one; else OutOfMemory when its
+    last pod was OOMKilled (the kernel killed it at the memory limit, so it could write nothing, and a retry
+    with the same limit fails the same way); else the Job's Failed condition with the tail of `who`'s output
+    (FallbackToLogsOnError puts the log there)."""
     if result is not None and result.phase == "Failed":
         return {"reason": result.reason or "Error", "message": result.message or ""}
+    ended = [a for a in attempts or [] if a.get("endTime")]
+    if ended and ended[-1].get("reason") == "OOMKilled":
+        oom = sum(1 for a in ended if a.get("reason") == "OOMKilled")
+        return {"reason": "OutOfMemory",
+                "message": f"the {who} container exceeded its memory limit and was killed (OOMKilled) in "
+                           f"{oom} of {len(ended)} attempt(s); raise spec.resources.memory"}
     msg = failed.get("message") or f"the {who} Job failed"
     if raw and result is None:
         msg += f"; {who} output: {raw.strip()[-800:]}"

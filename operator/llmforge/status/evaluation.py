@@ -105,6 +105,7 @@ def compute_status(resource: dict[str, Any], finetunejob: dict[str, Any] | None,
     ref_state, ref_reason, ref_message = reference_state(spec, finetunejob)
     conds = set_condition(conds, "ModelReady", ref_state == "ready", ref_reason, ref_message, gen)
     failure: dict[str, str] | None = None
+    attempts = merge_attempts(old.get("attempts"), pods, now, CONTAINER)
     result, raw = latest_result(pods)
     running = [p for p in pods if p.get("status", {}).get("phase") == "Running"
                and not p.get("metadata", {}).get("deletionTimestamp")]
@@ -129,7 +130,7 @@ def compute_status(resource: dict[str, Any], finetunejob: dict[str, Any] | None,
     elif failed:
         phase = "Failed"
         completion = failed.get("lastTransitionTime")
-        failure = job_failure(failed, result, raw, "eval")
+        failure = job_failure(failed, result, raw, "eval", attempts)
     elif (job.get("spec") or {}).get("suspend"):
         phase = "Suspended"
     elif running:
@@ -145,7 +146,6 @@ def compute_status(resource: dict[str, Any], finetunejob: dict[str, Any] | None,
     if completion and phase in ("Succeeded", "Failed"):
         out["completionTime"] = completion
 
-    attempts = merge_attempts(old.get("attempts"), pods, now, CONTAINER)
     if attempts:
         out["attempts"] = attempts
     if placement is not None and prices is not None:

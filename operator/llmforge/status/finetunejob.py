@@ -204,7 +204,7 @@ def compute_status(resource: dict[str, Any], job: dict[str, Any] | None, pods: l
     elif failed:
         phase = "Failed"
         completion = parse_time(failed.get("lastTransitionTime")) or now
-        failure = job_failure(failed, result, raw_message, "trainer")
+        failure = job_failure(failed, result, raw_message, "trainer", attempts)
     elif suspended_job:
         phase = "Suspended"
         suspended = (True, "SuspendedByUser", "spec.suspend is true; set it to false to resume from the checkpoint")
