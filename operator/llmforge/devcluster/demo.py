@@ -63,35 +63,35 @@ def start_operator(kubeconfig: str, log: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def phases(kubeconfig: str) -> dict[str, str]:
-    out = kubectl(kubeconfig, "get", "llmforge", "-o",
+def phases(kubeconfig: str, namespace: str = "default") -> dict[str, str]:
+    out = kubectl(kubeconfig, "-n", namespace, "get", "llmforge", "-o",
                   "jsonpath={range .items[*]}{.kind}={.status.phase}{\"\\n\"}{end}", check=False)
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def watch(kubeconfig: str, timeout: float) -> dict[str, str]:
+def watch(kubeconfig: str, timeout: float, namespace: str = "default") -> dict[str, str]:
     """Print `kubectl get llmforge` on change until everything settles or fails."""
     deadline, last = time.monotonic() + timeout, ""
     while time.monotonic() < deadline:
-        table = kubectl(kubeconfig, "get", "llmforge", check=False)
+        table = kubectl(kubeconfig, "-n", namespace, "get", "llmforge", check=False)
         shown = "\n".join(line.rsplit(None, 1)[0] for line in table.splitlines() if line.strip())  # minus AGE
         if shown != last:
             print(f"\n$ kubectl get llmforge   # t+{int(timeout - (deadline - time.monotonic()))}s\n{table}",
                   end="", flush=True)
             last = shown
-        state = phases(kubeconfig)
+        state = phases(kubeconfig, namespace)
         done = (state.get("FineTuneJob") == "Succeeded" and state.get("Evaluation") in ("Succeeded", "Failed")
                 and state.get("ModelDeployment") == "Ready")
         if done or "Failed" in (state.get("FineTuneJob"), state.get("Evaluation")):
             return state
         time.sleep(3)
-    return phases(kubeconfig)
+    return phases(kubeconfig, namespace)
 
 
-def complete(prompt: str) -> str:
+def complete(prompt: str, base_url: str = "http://127.0.0.1:8000/v1") -> str:
     from openai import OpenAI
 
-    client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="demo")
+    client = OpenAI(base_url=base_url, api_key="demo")
     chat = client.chat.completions.create(model="quickstart", messages=[{"role": "user", "content": prompt}],
                                           max_tokens=24, temperature=0)
     return chat.choices[0].message.content or ""
