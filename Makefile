@@ -81,6 +81,12 @@ cluster-down: setup-python
 demo: setup
 	@$(PY) -m llmforge.devcluster.demo
 
+# The same flow on a real node (containerd, runc, kubelet, kube-proxy) with the three images built here, in
+# real containers. Needs root; changes iptables, sysctls and mounts while it runs and restores them after
+# (docs/real-node.md). `make demo` touches none of that.
+demo-node: setup-all
+	@$(PY) -m llmforge.devcluster.nodedemo
+
 # The same flow on a kind cluster with CPU builds of the three images and the Helm chart (needs Docker, kind,
 # kubectl, helm; not runnable on the development machines, which have no Docker engine).
 demo-kind:
