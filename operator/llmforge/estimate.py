@@ -31,17 +31,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .api.accelerators import GPU_MEMORY_MIB, capacity_gib, fits_one_gpu
 from .api.common import Resources
 from .api.finetunejob import FineTuneJobSpec
 from .pricing import PriceTable
 
 GIB = 1024**3
 
-#: Usable memory per GPU as the driver reports it (nvidia-smi total, MiB).
-GPU_MEMORY_MIB = {
-    "nvidia-tesla-t4": 15360, "nvidia-l4": 23034, "nvidia-tesla-a100": 40960,
-    "nvidia-a100-80gb": 81920, "nvidia-h100-80gb": 81559,
-}
 #: GPUs without bf16 (Turing): only float16/float32 compute can run there.
 NO_BF16 = {"nvidia-tesla-t4"}
 #: Order `auto` considers when prices tie.
@@ -232,29 +228,8 @@ def estimate_memory(shape: ModelShape, *, method: str = "qlora", bits: int = 4, 
     return MemoryEstimate(weights, lora, opt, act, lg, overhead, shape.params)
 
 
-# Multi-GPU layout: the trainer's launcher (llmforge_trainer.launch) uses these same functions, so the fit
-# check judges the layout that will really run.
-#: Bytes per parameter of the frozen base, by (method, bits).
-BYTES_PER_PARAM = {("qlora", 4): 0.5 + 0.127 / 8, ("qlora", 8): 1.0, ("lora", 16): 2.0}
-HEADROOM_FACTOR = 1.25
-HEADROOM_GIB = 2.0
-USABLE_FRACTION = 0.9
-
-
-def base_weights_gib(params_billions: float, method: str, bits: int) -> float:
-    """Memory of the frozen base weights, GiB."""
-    key = (method, bits if method == "qlora" else 16)
-    return params_billions * 1e9 * BYTES_PER_PARAM[key] / 2**30
-
-
-def fits_one_gpu(params_billions: float | None, gpu_gib: float | None, method: str, bits: int) -> bool:
-    """Coarse: base weights x 1.25 + 2 GiB within 90% of one GPU. Unknown sizes are assumed to fit."""
-    if params_billions is None or gpu_gib is None:
-        return True
-    need = base_weights_gib(params_billions, method, bits) * HEADROOM_FACTOR + HEADROOM_GIB
-    return need <= gpu_gib * USABLE_FRACTION
-
-
+# Multi-GPU layout: the trainer's launcher (llmforge_trainer.launch) judges it with the same
+# api.accelerators.fits_one_gpu, so the estimate is for the layout that will really run.
 def shards_base(spec: FineTuneJobSpec, shape: ModelShape, gpus: int, accelerator: str) -> bool:
     """Whether `gpus` GPUs shard the model (FSDP) rather than each holding all of it (DDP, the launcher's
     choice whenever the base fits one GPU). An accelerator of unknown size is taken as sharding."""
@@ -277,10 +252,6 @@ def estimate_for_spec(spec: FineTuneJobSpec, shape: ModelShape, gpus: int | None
         r=spec.lora.r, targets=spec.lora.target_modules, seq_len=t.max_seq_length, batch_size=t.batch_size,
         gradient_checkpointing=t.gradient_checkpointing, optimizer=t.optimizer,
         gpus=count if shard else 1)
-
-
-def capacity_gib(accelerator: str) -> float:
-    return GPU_MEMORY_MIB[accelerator] / 1024
 
 
 def usable(accelerator: str, compute_dtype: str) -> bool:

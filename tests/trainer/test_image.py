@@ -1,7 +1,8 @@
 """The trainer image's Dockerfile: lint-clean, copies what exists, and its ENTRYPOINT really runs.
 
 No Docker here, so the ENTRYPOINT is executed the way the image would: the console script named in the
-Dockerfile, resolved through pyproject's [project.scripts], on this checkout.
+Dockerfile, resolved through pyproject's [project.scripts], by a Python that sees only the files the
+Dockerfile copies (tests/image_tree.py; tests/unit/test_image_boundary.py imports every module that way).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.image_tree import ISOLATE, copy_image_tree, package_roots
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "trainer-image" / "Dockerfile"
@@ -38,14 +41,17 @@ def resolve_args(value: str, text: str) -> str:
 
 
 def entrypoint_shim(tmp_path: Path) -> Path:
-    """A bin/ dir with the image's entrypoint command, generated from pyproject's console-script table."""
+    """A bin/ dir with the image's entrypoint command, generated from pyproject's console-script table, run
+    by an isolated (-I) Python that imports our code only from a copy of what the Dockerfile copies."""
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     cmd = instruction("ENTRYPOINT")[0]
     module, func = scripts[cmd].split(":")
+    roots = package_roots(copy_image_tree(DOCKERFILE, tmp_path / "image"))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     shim = bin_dir / cmd
-    shim.write_text(f"#!{sys.executable}\nimport sys\nfrom {module} import {func}\nsys.exit({func}())\n")
+    shim.write_text(f"#!{sys.executable} -I\n{ISOLATE}\nisolate({str(REPO)!r}, {list(map(str, roots))!r})\n"
+                    f"from {module} import {func}\nsys.exit({func}())\n")
     shim.chmod(0o755)
     return bin_dir
 
@@ -54,7 +60,6 @@ def run_entrypoint(tmp_path, args, env=None, timeout=300):
     bin_dir = entrypoint_shim(tmp_path)
     e = dict(env or os.environ)
     e["PATH"] = f"{bin_dir}{os.pathsep}{e.get('PATH', '')}"
-    e["PYTHONPATH"] = os.pathsep.join(str(REPO / d) for d in ("operator", "trainer-image", "server-image"))
     return subprocess.run([*instruction("ENTRYPOINT"), *args], env=e, capture_output=True, text=True,
                           timeout=timeout, cwd=REPO)
 

@@ -13,7 +13,8 @@ The relaunched children get ``LLMFORGE_LAUNCHED=1`` (so they don't relaunch agai
 
 The fit test is deliberately coarse (weights + 25% + 2 GiB headroom against 90% of the GPU): the operator's
 estimator already chose the accelerator and count; here we only pick DDP vs FSDP, with the very functions
-the estimator uses to judge that layout (``llmforge.estimate.fits_one_gpu``).
+the estimator uses to judge that layout (``llmforge.api.accelerators.fits_one_gpu``: the image ships only
+``llmforge.api``, so the launcher must not import the operator's ``llmforge.estimate``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmforge.estimate import GPU_MEMORY_MIB, base_weights_gib, capacity_gib, fits_one_gpu
+from llmforge.api.accelerators import GPU_MEMORY_MIB, base_weights_gib, capacity_gib, fits_one_gpu
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def plan_launch(spec: Any, argv: list[str], *, env: dict[str, str], gpus_visible
     if nproc <= 1:
         return LaunchPlan("single", 1, None, reason="one process")
     if gpu_gib is None and not on_cpu and res.accelerator in GPU_MEMORY_MIB:
-        gpu_gib = capacity_gib(res.accelerator)  # no GPU visible yet: the estimate's size of the label
+        gpu_gib = capacity_gib(res.accelerator)  # no GPU visible yet: the catalogue's size of the label
     bits = spec.quantization.bits
     forced = env.get("LLMFORGE_STRATEGY")
     if forced in ("ddp", "fsdp"):
