@@ -107,6 +107,7 @@ def test_security_context():
     assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] > 0
     assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["readOnlyRootFilesystem"] is True
     assert sc["privileged"] is False and sc["runAsNonRoot"] is True
 
 

@@ -23,7 +23,7 @@ def test_registry_bases_are_all_replaced_by_local_ones():
     for image in images.IMAGES:
         text = (REPO_ROOT / image.dockerfile).read_text()
         defaults = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, re.M)) | image.build_args
-        bases = [re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], ref)
+        bases = [re.sub(r"\$\{(\w+)\}", lambda m, d=defaults: d[m.group(1)], ref)
                  for ref in re.findall(r"^FROM\s+(\S+)", text, re.M)]
         assert bases, image.dockerfile
         for base in bases:

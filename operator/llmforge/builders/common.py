@@ -144,8 +144,11 @@ def pod_security_context() -> dict[str, Any]:
 
 
 def container_security_context() -> dict[str, Any]:
+    """Restricted Pod Security, and a read-only root filesystem: every pod writes only to its emptyDirs
+    (/tmp, caches), which the real-node tests check in the images themselves."""
     return {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "allowPrivilegeEscalation": False,
-            "privileged": False, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+            "privileged": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def gpu_summary(accelerator: str, count: int, spot: bool) -> str:

@@ -28,7 +28,13 @@ from ..api.serving import SERVE_PORT
 from ..estimate import serving_accelerator
 from ..pricing import DEFAULT_PRICES, PriceTable
 from ..settings import Settings
-from .common import container_security_context, pod_security_context, resources, workload_env, workload_placement
+from .common import (
+    container_security_context,
+    pod_security_context,
+    resources,
+    workload_env,
+    workload_placement,
+)
 
 CONFIG_DIR = "/etc/llmforge"
 CONFIG_FILE = "serve.yaml"
@@ -277,7 +283,10 @@ def build_deployment(md: ModelDeployment, plan: VariantPlan, config: dict[str, A
     name = md.metadata["name"]
     spec = md.spec
     accelerator = serving_accelerator(spec.resources, plan.model.base_model.name)
+    # HOME on the cache emptyDir: vLLM, torch and Triton write under ~/.cache and ~/.config, and the root
+    # filesystem is read-only.
     env: list[dict[str, Any]] = [{"name": "HF_HOME", "value": f"{CACHE_DIR}/hf"},
+                                 {"name": "HOME", "value": CACHE_DIR},
                                  {"name": "VLLM_NO_USAGE_STATS", "value": "1"}]
     token = plan.model.base_model.token_secret_ref
     if token:
@@ -302,6 +311,7 @@ def build_deployment(md: ModelDeployment, plan: VariantPlan, config: dict[str, A
         "securityContext": container_security_context(),
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
                          {"name": "cache", "mountPath": CACHE_DIR},
+                         {"name": "tmp", "mountPath": "/tmp"},
                          {"name": "dshm", "mountPath": "/dev/shm"}],
     }
     pod_spec: dict[str, Any] = {
@@ -311,6 +321,7 @@ def build_deployment(md: ModelDeployment, plan: VariantPlan, config: dict[str, A
         "volumes": [
             {"name": "config", "configMap": {"name": config_map_name(name, plan.name)}},
             {"name": "cache", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {}},
             # vLLM's tensor-parallel workers talk through shared memory.
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
         ],
