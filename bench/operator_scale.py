@@ -48,6 +48,7 @@ from kubernetes import client  # noqa: E402
 from kubernetes.client.rest import ApiException  # noqa: E402
 
 from llmforge import kube  # noqa: E402
+from llmforge.api.accelerators import machine  # noqa: E402
 from llmforge.devcluster import LocalCluster  # noqa: E402
 from llmforge.devcluster.nodes import DEFAULT_SHAPES, NodeShape, default_nodes  # noqa: E402
 from tests.k8s.ftj_support import FTJ, free_port, ftj_manifest  # noqa: E402
@@ -157,11 +158,12 @@ def main() -> int:
     ap.add_argument("--native", action="store_true", help="no operator: create the Jobs directly (the floor)")
     args = ap.parse_args()
 
-    # Enough fake GPUs for every job at once (g2-standard-96: 8 x L4), so the pods run in parallel and the
-    # measure is the control plane's, not one node's queue.
+    # Enough fake GPUs for every job at once (the catalogue's 8 x L4 machine, g2-standard-96), so the pods run
+    # in parallel and the measure is the control plane's, not one node's queue.
     pool = args.l4_nodes if args.l4_nodes is not None else -(-args.n // 8)
-    shapes = DEFAULT_SHAPES + tuple(NodeShape(f"gke-l4-x8-{i}", "g2-standard-96", 96, 384, "nvidia-l4", 8)
-                                    for i in range(pool))
+    l4x8 = machine("nvidia-l4", 8)
+    shapes = DEFAULT_SHAPES + tuple(
+        NodeShape(f"gke-l4-x8-{i}", l4x8.type, l4x8.vcpus, l4x8.memory_gib, "nvidia-l4", 8) for i in range(pool))
     with LocalCluster(nodes=default_nodes(shapes), extra_args=PROFILES[args.profile],
                       audit_policy=AUDIT_POLICY) as cluster:
         os.environ["KUBECONFIG"] = cluster.kubeconfig

@@ -138,6 +138,11 @@ SEMANTIC_CASES = [
     Case("ftj-http-uri", ftj(output={"uri": "http://example/out"}), "spec.output.uri", "", "unsupported scheme"),
     Case("ftj-l4-count-3", ftj(resources={"accelerator": "nvidia-l4", "count": 3}), "spec.resources.count", "",
          "come with 1, 2, 4, 8 GPUs"),
+    # The schema admits 16 and so did validation once, but A2 Ultra machines stop at 8 A100 80GB.
+    Case("ftj-a100-80gb-count-16", ftj(resources={"accelerator": "nvidia-a100-80gb", "count": 16}),
+         "spec.resources.count", "", "nvidia-a100-80gb VMs on GKE come with 1, 2, 4, 8 GPUs, not 16"),
+    Case("mdep-auto-count-3", mdep(resources={"accelerator": "auto", "count": 3}), "spec.resources.count", "",
+         "no GKE GPU VM comes with 3 GPUs; accelerator auto needs 1, 2, 4, 8, 16"),
     Case("lfe-threshold-unknown-metric", lfe(thresholds={"bertScore": {"min": 0.5}}), "spec.thresholds.bertScore",
          "", "not a metric or check"),
 ]

@@ -31,17 +31,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .api.accelerators import GPU_MEMORY_MIB, capacity_gib, fits_one_gpu
+from .api.accelerators import GPU_COUNTS, GPU_MEMORY_MIB, NO_BF16, auto_candidates, capacity_gib, fits_one_gpu
 from .api.common import Resources
 from .api.finetunejob import FineTuneJobSpec
 from .pricing import PriceTable
 
 GIB = 1024**3
 
-#: GPUs without bf16 (Turing): only float16/float32 compute can run there.
-NO_BF16 = {"nvidia-tesla-t4"}
-#: Order `auto` considers when prices tie.
-AUTO_CANDIDATES = ("nvidia-tesla-t4", "nvidia-l4", "nvidia-tesla-a100", "nvidia-a100-80gb", "nvidia-h100-80gb")
+#: Order `auto` considers when prices tie: the catalogue's, cheapest first.
+AUTO_CANDIDATES = auto_candidates(1)
 
 # Calibration constants (see docs/estimate.md).
 LAYER_BYTES_PER_HIDDEN = 20.0     # one decoder layer's bf16 working set per token, per hidden unit ...
@@ -299,8 +297,8 @@ def check_fit(spec: FineTuneJobSpec, prices: PriceTable | None = None) -> FitRes
     est = estimate_for_spec(spec, shape)
     dtype = spec.quantization.compute_dtype
     if res.accelerator == "auto":
-        fitting = [a for a in AUTO_CANDIDATES if usable(a, dtype)
-                   and estimate_for_spec(spec, shape, accelerator=a).total <= capacity_gib(a)]
+        fitting = [a for a in auto_candidates(res.count, bf16=dtype == "bfloat16")
+                   if estimate_for_spec(spec, shape, accelerator=a).total <= capacity_gib(a)]
         choice = cheapest(fitting, {a: res.count for a in fitting}, prices, res.spot)
         if choice is None:
             return FitResult("auto", res.count, est, False, _too_big(est, res.count, "any GKE GPU", spec, shape),
@@ -332,7 +330,7 @@ def _what_fits(spec: FineTuneJobSpec, shape: ModelShape) -> list[str]:
     for acc in AUTO_CANDIDATES:
         if not usable(acc, dtype):
             continue
-        for n in (1, 2, 4, 8):
+        for n in GPU_COUNTS[acc]:
             if estimate_for_spec(spec, shape, n, acc).total <= capacity_gib(acc):
                 out.append(f"{acc} x{n}")
                 break
@@ -350,17 +348,19 @@ def _what_fits(spec: FineTuneJobSpec, shape: ModelShape) -> list[str]:
     return out or ["nothing on one node; use a smaller model"]
 
 
-#: `auto` considers these, cheapest first (weights + KV cache must fit in GPU memory across `count` GPUs).
-AUTO_ORDER = ("nvidia-l4", "nvidia-tesla-a100", "nvidia-a100-80gb", "nvidia-h100-80gb")
+#: Serving's `auto` considers these, cheapest first (weights + KV cache must fit in GPU memory across `count`
+#: GPUs): the catalogue's GPUs with bf16, because the served weights are the model's bf16 ones.
+AUTO_ORDER = auto_candidates(1, bf16=True)
 
 
 def serving_accelerator(res: Resources, model_name: str | None) -> str:
-    """The accelerator to serve on: the one asked for, or for `auto` the cheapest whose memory holds the
-    bf16 weights (2 bytes/param, size from the shared estimate's presets or the name) plus ~30% KV cache
-    across `count` GPUs; an unknown size is taken as 8B."""
+    """The accelerator to serve on: the one asked for, or for `auto` the cheapest with a machine of `count`
+    GPUs whose memory holds the bf16 weights (2 bytes/param, size from the shared estimate's presets or the
+    name) plus ~30% KV cache across them; an unknown size is taken as 8B."""
     if res.accelerator != "auto":
         return res.accelerator
     shape = shape_from_name(model_name)
     params = shape.params if shape else 8e9
     need_gib = params * 2 * 1.3 / 2**30 / res.count
-    return next((a for a in AUTO_ORDER if need_gib <= capacity_gib(a)), AUTO_ORDER[-1])
+    order = auto_candidates(res.count, bf16=True) or AUTO_ORDER  # no machine at all: validation rejects that
+    return next((a for a in order if need_gib <= capacity_gib(a)), order[-1])

@@ -19,21 +19,12 @@ from dataclasses import dataclass, field
 
 import yaml
 
-#: Built-in table: us-central1 list prices, USD/hour per GPU (machine price / GPUs per machine).
-DEFAULT_DATE = "2026-11-26"
-DEFAULT_SOURCE = (
-    "GKE us-central1 list prices (Compute Engine catalog snapshot; A2 spot cross-checked against the "
-    "Spot VMs pricing page; a3-highgpu-1g on-demand from the billing API 2026-09-26)")
-DEFAULT_RATES: dict[str, tuple[float, float]] = {
-    # accelerator: (on-demand, spot) USD per GPU-hour, machine share included.
-    "nvidia-l4": (0.854, 0.341),            # g2-standard-8, 1 x L4
-    "nvidia-tesla-a100": (3.673, 1.443),    # a2-highgpu-1g, 1 x A100 40GB (= a2-highgpu-8g / 8)
-    "nvidia-h100-80gb": (10.979, 6.571),    # a3-highgpu-1g, 1 x H100 80GB
-    # Unverified here (the catalog's A100-80GB figures looked wrong); override with the ConfigMap.
-    "nvidia-a100-80gb": (5.069, 2.000),     # a2-ultragpu-1g, 1 x A100 80GB
-    "nvidia-tesla-t4": (0.730, 0.220),      # n1-standard-8 + 1 x T4
-    "cpu": (0.268, 0.107),                  # e2-standard-8, no GPU (price per pod)
-}
+from .api.accelerators import DEFAULT_RATES, PRICES_DATE, PRICES_SOURCE
+
+#: Built-in table: the accelerator catalogue's prices (us-central1 list prices, USD/hour per GPU = machine
+#: price / GPUs per machine; per pod-hour for cpu), dated and sourced there.
+DEFAULT_DATE = PRICES_DATE
+DEFAULT_SOURCE = PRICES_SOURCE
 #: GKE's cluster management fee is per cluster, not per job: not charged to a job.
 CLUSTER_FEE_PER_HOUR = 0.10
 

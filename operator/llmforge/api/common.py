@@ -11,12 +11,13 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from .accelerators import MAX_COUNT
+
+# The schema's enum: auto, cpu and the catalogue's labels (accelerators.CATALOGUE), spelled out so type checkers
+# see the literals; tests/unit/test_accelerator_catalogue.py fails if the two lists part.
 Accelerator = Literal[
     "auto", "cpu", "nvidia-tesla-t4", "nvidia-l4", "nvidia-tesla-a100", "nvidia-a100-80gb", "nvidia-h100-80gb"
 ]
-GPU_ACCELERATORS: tuple[str, ...] = (
-    "nvidia-tesla-t4", "nvidia-l4", "nvidia-tesla-a100", "nvidia-a100-80gb", "nvidia-h100-80gb"
-)
 
 
 class Rule:
@@ -100,7 +101,7 @@ class Resources(ApiModel):
     accelerator: Accelerator = "auto"
     """GKE accelerator label value (cloud.google.com/gke-accelerator), `auto` for the cheapest that fits,
     or `cpu` for no GPU (tiny models, demos)."""
-    count: int = Field(default=1, ge=1, le=16)
+    count: int = Field(default=1, ge=1, le=MAX_COUNT)
     """GPUs per pod."""
     spot: bool = False
     """Run on spot VMs (cheaper, preemptible). Training resumes from the last checkpoint after preemption."""

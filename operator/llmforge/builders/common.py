@@ -1,4 +1,5 @@
-"""GKE placement and the pieces every child shares: labels, owner references, security, machine shapes.
+"""GKE placement and the pieces every child shares: labels, owner references, security, pod requests sized to
+the accelerator catalogue's machine shapes (``api/accelerators.py``).
 
 Pure functions of the spec; the trainer Job, the eval Job and the serving Deployment all use them.
 """
@@ -6,6 +7,8 @@ Pure functions of the spec; the trainer Job, the eval Job and the serving Deploy
 from __future__ import annotations
 
 from typing import Any
+
+from ..api import accelerators
 
 ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 SPOT_LABEL = "cloud.google.com/gke-spot"
@@ -17,20 +20,6 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 #: and the chart's operator pod uses; tests/unit/test_image_uid.py fails if any of them drifts.
 RUN_AS_USER = 10001
 
-#: accelerator -> GPUs per machine -> (machine type, vCPUs, memory GiB): the GKE shapes that carry them.
-MACHINE_SHAPES: dict[str, dict[int, tuple[str, int, int]]] = {
-    "nvidia-l4": {1: ("g2-standard-8", 8, 32), 2: ("g2-standard-24", 24, 96), 4: ("g2-standard-48", 48, 192),
-                  8: ("g2-standard-96", 96, 384)},
-    "nvidia-tesla-t4": {1: ("n1-standard-8", 8, 30), 2: ("n1-standard-16", 16, 60),
-                        4: ("n1-standard-32", 32, 120)},
-    "nvidia-tesla-a100": {1: ("a2-highgpu-1g", 12, 85), 2: ("a2-highgpu-2g", 24, 170),
-                          4: ("a2-highgpu-4g", 48, 340), 8: ("a2-highgpu-8g", 96, 680),
-                          16: ("a2-megagpu-16g", 96, 1360)},
-    "nvidia-a100-80gb": {1: ("a2-ultragpu-1g", 12, 170), 2: ("a2-ultragpu-2g", 24, 340),
-                         4: ("a2-ultragpu-4g", 48, 680), 8: ("a2-ultragpu-8g", 96, 1360)},
-    "nvidia-h100-80gb": {1: ("a3-highgpu-1g", 26, 234), 2: ("a3-highgpu-2g", 52, 468),
-                         4: ("a3-highgpu-4g", 104, 936), 8: ("a3-highgpu-8g", 208, 1872)},
-}
 #: Share of the machine requested: GKE keeps the rest for the kubelet, system pods and DaemonSets.
 REQUEST_SHARE = 0.75
 #: Requests for accelerator cpu (a demo/tiny-model pod).
@@ -38,10 +27,10 @@ CPU_REQUESTS = ("2", "8Gi")
 
 
 def machine_shape(accelerator: str, count: int) -> tuple[str, int, int] | None:
-    """(machine type, vCPUs, GiB) of the smallest GKE machine with `count` of these GPUs."""
-    shapes = MACHINE_SHAPES.get(accelerator, {})
-    fitting = [n for n in shapes if n >= count]
-    return shapes[min(fitting)] if fitting else None
+    """(machine type, vCPUs, GiB) of the GKE machine with `count` of these GPUs (the accelerator catalogue's);
+    None when no machine carries exactly that many, which validation rejects before a builder runs."""
+    m = accelerators.machine(accelerator, count)
+    return (m.type, m.vcpus, m.memory_gib) if m else None
 
 
 def pod_requests(accelerator: str, count: int, cpu: str | None = None, memory: str | None = None) -> dict[str, str]:

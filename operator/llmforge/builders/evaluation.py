@@ -74,7 +74,9 @@ def resolve(resource: dict[str, Any], finetunejob: dict[str, Any] | None = None,
     if finetunejob is None:
         if not placeholders:
             raise ValueError(f"FineTuneJob {ref.name} is needed to resolve the model")
-        acc = spec.resources.accelerator if spec.resources.accelerator != "auto" else "nvidia-l4"
+        # Stand-in for the FineTuneJob's accelerator: serving's pick for an 8B base (nvidia-l4 up to 8 GPUs),
+        # so the placeholder names a machine that exists for this count.
+        acc = serving_accelerator(spec.resources, None)
         return ResolvedModel(f"<adapter of FineTuneJob {ref.name}>", {"uri": f"<baseModel of FineTuneJob {ref.name}>"},
                              spec.output.uri or f"<output of FineTuneJob {ref.name}>/eval/{name}/", acc)
     ftj = FineTuneJob.model_validate({k: v for k, v in finetunejob.items() if k in ("kind", "metadata", "spec")})

@@ -5,18 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from ..api.accelerators import AUTO, AUTO_COUNTS, GPU_COUNTS
 from ..api.evaluation import EvaluationSpec
 from ..api.finetunejob import FineTuneJobSpec
 from ..api.modeldeployment import ModelDeploymentSpec, ServedModel
-
-#: GPUs per VM that GKE machine shapes offer (g2, a2, a3, n1+T4).
-GPU_COUNTS = {
-    "nvidia-tesla-t4": (1, 2, 4),
-    "nvidia-l4": (1, 2, 4, 8),
-    "nvidia-tesla-a100": (1, 2, 4, 8, 16),
-    "nvidia-a100-80gb": (1, 2, 4, 8, 16),
-    "nvidia-h100-80gb": (1, 2, 4, 8),
-}
 
 
 def check_uri(uri: str | None) -> str | None:
@@ -33,9 +25,14 @@ def check_uri(uri: str | None) -> str | None:
 
 
 def _resources(path: str, accelerator: str, count: int) -> Iterator[tuple[str, str]]:
+    """Only counts a GKE machine carries (the accelerator catalogue's machine shapes): anything else would pass
+    here and fail in the builder, or pay for GPUs the pod cannot use. cpu's count is the schema's CEL rule."""
     allowed = GPU_COUNTS.get(accelerator)
     if allowed and count not in allowed:
         yield f"{path}.count", f"{accelerator} VMs on GKE come with {', '.join(map(str, allowed))} GPUs, not {count}"
+    if accelerator == AUTO and count not in AUTO_COUNTS:
+        yield f"{path}.count", (f"no GKE GPU VM comes with {count} GPUs; accelerator auto needs "
+                                f"{', '.join(map(str, AUTO_COUNTS))}")
 
 
 def _uris(pairs: list[tuple[str, str | None]]) -> Iterator[tuple[str, str]]:
