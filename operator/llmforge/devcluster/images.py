@@ -47,6 +47,8 @@ TAG = "0.1.0-cpu"
 TRAINER = f"docker.io/llmforge/trainer:{TAG}"
 SERVER = f"docker.io/llmforge/server:{TAG}"
 OPERATOR = f"docker.io/llmforge/operator:{TAG}"
+#: Past this much buildah storage, untagged images (earlier builds and layer caches) are pruned.
+PRUNE_AT_GIB = 30.0
 #: The label containerd keeps on an imported image: the buildah image ID it came from.
 ID_LABEL = "dev.llmforge.image-id"
 
@@ -162,12 +164,24 @@ def build_base(log: Callable[[str], None]) -> str:
     return image_id(BASE) or ""
 
 
+def prune_if_large(log: Callable[[str], None], limit_gib: float = PRUNE_AT_GIB) -> None:
+    """Every source change leaves the previous build's layers behind (about 1 GB for the trainer). Past the
+    limit, drop every untagged image: the next build of each image then runs once without its layer cache."""
+    used = sum(f.stat().st_size for f in (STORE / "storage").rglob("*") if f.is_file() and not f.is_symlink()) \
+        if (STORE / "storage").exists() else 0
+    if used > limit_gib * 2**30:
+        _run(buildah_argv("rmi", "--prune"), f"storage at {used / 2**30:.0f} GiB > {limit_gib:.0f}: prune", log)
+
+
 def build(log: Callable[[str], None] = print) -> dict[str, str]:
     """Build every image (cached by content); returns ref -> image ID."""
     reason = unavailable()
     if reason:
         raise ImageError(reason)
     STORE.mkdir(parents=True, exist_ok=True)
+    # A build killed half way leaves its working containers (and their layers) behind.
+    subprocess.run(buildah_argv("rm", "--all"), capture_output=True)
+    prune_if_large(log)
     ids = {BASE: build_base(log)}
     for image in IMAGES:
         _run(bud_argv(image), f"{image.ref}: buildah bud", log, cwd=REPO_ROOT)
