@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llmforge.api import serving
 from llmforge.api.modeldeployment import ModelDeployment
 from llmforge.builders import BUILDERS, render_children
 from llmforge.builders import modeldeployment as b
@@ -118,7 +119,6 @@ def test_serve_config_resolves_adapters_and_tensor_parallel():
 
 
 def test_serve_config_validates_against_the_server_contract():
-    serving = pytest.importorskip("llmforge.api.serving", reason="the server branch's contract is not merged")
     c = children()
     for variant in ("stable", "canary"):
         cfg = yaml.safe_load(c[("ConfigMap", f"support-{variant}-serve")]["data"]["serve.yaml"])

@@ -280,7 +280,6 @@ def _argo_health(status: dict) -> dict:
 
 
 def test_argocd_reads_operator_status():
-    pytest.importorskip("lupa")
     ready = ObservedVariant("stable", 100, expected_adapters=["a"], deployment=deployment(1, 1), pod_adapters=[["a"]])
     assert _argo_health(status_of([ready]))["status"] == "Healthy"
     rolling = ObservedVariant("stable", 100, deployment=deployment(2, 1, updated=1))
