@@ -4,7 +4,8 @@ HealthCheckPolicy for that Service; shared: a Service over all variants, an HTTP
 and a PodMonitoring/ServiceMonitor (when the cluster has the CRD).
 
 Each variant is its own Deployment so base and adapter requests of different variants never share a vLLM
-batch (FINDINGS §2). While autoscaling is on, the Deployment carries no `spec.replicas` at all, so the
+batch (vLLM 0.32 on CPU applies an adapter to base requests batched with it: docs/serving.md, "Known fault").
+While autoscaling is on, the Deployment carries no `spec.replicas` at all, so the
 operator's server-side apply never owns the field and never fights the HPA, not even after a restart.
 
 What the builders cannot know from the spec alone — adapter URIs of referenced FineTuneJobs, the current
@@ -380,7 +381,8 @@ def _quantity(value: float) -> str:
 
 def hpa_metric(metric: str, target: float) -> dict[str, Any]:
     """`cpu` -> Resource utilisation; a bare Prometheus name -> the GKE managed-Prometheus custom metric
-    (`prometheus.googleapis.com|<name>|gauge`, FINDINGS §8); a name with `|` is used as given."""
+    (`prometheus.googleapis.com|<name>|gauge`, the name the Stackdriver custom-metrics adapter serves a
+    Managed Prometheus gauge under: docs/gke.md section 4); a name with `|` is used as given."""
     if metric == "cpu":
         return {"type": "Resource", "resource": {"name": "cpu", "target": {
             "type": "Utilization", "averageUtilization": max(1, round(target))}}}
