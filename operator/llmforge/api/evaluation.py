@@ -20,6 +20,7 @@ from .common import (
     Tracking,
 )
 from .finetunejob import DatasetFormat
+from .phases import Phase
 
 MetricName = Literal["rouge1", "rouge2", "rougeL", "bleu", "perplexity", "exactMatch"]
 #: Metrics where lower is better; thresholds and deltas read the other way round.
@@ -185,7 +186,8 @@ class Sample(StatusModel):
 class EvaluationStatus(CommonStatus):
     """Observed state of the evaluation."""
 
-    phase: Literal["Pending", "WaitingForModel", "Running", "Succeeded", "Failed", "Suspended"] | None = None
+    phase: Literal[Phase.PENDING, Phase.WAITING_FOR_MODEL, Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED,
+                   Phase.SUSPENDED] | None = None
     """Pending, WaitingForModel, Running, Succeeded, Failed or Suspended."""
     model: str | None = None
     """What is evaluated, for kubectl."""

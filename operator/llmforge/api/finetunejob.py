@@ -21,6 +21,7 @@ from .common import (
     StatusModel,
     Tracking,
 )
+from .phases import Phase
 
 DatasetFormat = Literal["auto", "alpaca", "chat", "prompt-completion", "text"]
 
@@ -267,7 +268,7 @@ class DataStats(StatusModel):
 class FineTuneJobStatus(CommonStatus):
     """Observed state, recomputed from the Job and its pods."""
 
-    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"] | None = None
+    phase: Literal[Phase.PENDING, Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED] | None = None
     """Pending, Running, Succeeded, Failed or Suspended."""
     job_name: str | None = None
     """The batch/v1 Job running the trainer."""

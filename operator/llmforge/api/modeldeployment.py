@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from .common import ApiModel, BaseModelSource, CommonStatus, LocalRef, Resources, Rule, StatusModel
+from .phases import DeploymentPhase, PromotionPhase
 
 
 class AdapterSource(ApiModel):
@@ -238,7 +239,7 @@ class AnalysisWindow(StatusModel):
 class ModelDeploymentStatus(CommonStatus):
     """Observed serving state."""
 
-    phase: Literal["Progressing", "Ready", "Degraded"] | None = None
+    phase: Literal[DeploymentPhase.PROGRESSING, DeploymentPhase.READY, DeploymentPhase.DEGRADED] | None = None
     """Progressing, Ready or Degraded."""
     endpoint: str | None = None
     """OpenAI-compatible base URL of the shared Service."""
@@ -250,7 +251,8 @@ class ModelDeploymentStatus(CommonStatus):
     """Index into promotion.steps."""
     step_started_at: str | None = None
     """When the current promotion step began."""
-    promotion_phase: Literal["Progressing", "Promoted", "RolledBack"] | None = None
+    promotion_phase: Literal[PromotionPhase.PROGRESSING, PromotionPhase.PROMOTED,
+                             PromotionPhase.ROLLED_BACK] | None = None
     """Where the canary's promotion stands; Promoted and RolledBack are final for that canary."""
     canary_revision: str | None = None
     """Hash of the spec.canary the promotion state belongs to; a changed canary starts over."""

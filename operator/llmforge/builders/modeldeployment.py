@@ -25,6 +25,7 @@ import yaml
 from .. import API_VERSION
 from ..api.common import Resources
 from ..api.modeldeployment import ModelDeployment, ServedModel
+from ..api.phases import Phase
 from ..api.serving import SERVE_PORT
 from ..estimate import serving_accelerator
 from ..pricing import DEFAULT_PRICES, PriceTable
@@ -180,7 +181,7 @@ def finetunejob_adapter_uri(ftj: dict[str, Any] | None) -> str | None:
     `<spec.output.uri>/adapter`, where the trainer writes it (the Evaluation controller resolves it the same
     way). None for a job that is missing or not Succeeded."""
     st = (ftj or {}).get("status") or {}
-    if ftj is None or st.get("phase") != "Succeeded":
+    if ftj is None or st.get("phase") != Phase.SUCCEEDED:
         return None
     uri = (st.get("output") or {}).get("adapterUri")
     if uri:

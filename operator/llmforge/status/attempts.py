@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ..api.phases import PodPhase
 from ..pricing import Interval, PriceTable, cost_usd
 
 
@@ -65,10 +66,10 @@ def attempt_of(pod: dict[str, Any], container: str = "trainer") -> dict[str, Any
     state = container_status(pod, container).get("state") or {}
     term = state.get("terminated")
     start = (term or {}).get("startedAt") or (state.get("running") or {}).get("startedAt")
-    if not start and status.get("phase") in ("Running", "Succeeded", "Failed"):
+    if not start and status.get("phase") in (PodPhase.RUNNING, PodPhase.SUCCEEDED, PodPhase.FAILED):
         start = status.get("startTime")
     end = (term or {}).get("finishedAt")
-    if not end and start and status.get("phase") in ("Succeeded", "Failed"):
+    if not end and start and status.get("phase") in (PodPhase.SUCCEEDED, PodPhase.FAILED):
         end = _last_transition(pod) or meta.get("deletionTimestamp")
     if not end and start and meta.get("deletionTimestamp"):
         # deletionTimestamp is when the grace period ends; the pod was told to stop grace seconds earlier.
@@ -89,8 +90,8 @@ def attempt_of(pod: dict[str, Any], container: str = "trainer") -> dict[str, Any
         out["reason"] = "DisruptionTarget"
     elif term:
         out["reason"] = term.get("reason") or ("Completed" if term.get("exitCode") == 0 else "Error")
-    elif status.get("phase") == "Failed":
-        out["reason"] = status.get("reason") or "Failed"
+    elif status.get("phase") == PodPhase.FAILED:
+        out["reason"] = status.get("reason") or PodPhase.FAILED.value
     return out
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from ..api.phases import Phase
+
 
 def now_iso() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
@@ -40,7 +42,7 @@ def job_failure(failed: dict[str, Any], result: Any, raw: str | None, who: str,
     last pod was OOMKilled (the kernel killed it at the memory limit, so it could write nothing, and a retry
     with the same limit fails the same way); else the Job's Failed condition with the tail of `who`'s output
     (FallbackToLogsOnError puts the log there)."""
-    if result is not None and result.phase == "Failed":
+    if result is not None and result.phase == Phase.FAILED:
         return {"reason": result.reason or "Error", "message": result.message or ""}
     ended = [a for a in attempts or [] if a.get("endTime")]
     if ended and ended[-1].get("reason") == "OOMKilled":

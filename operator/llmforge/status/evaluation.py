@@ -21,11 +21,11 @@ from typing import Any
 
 from ..api.contract import EvalResult, decode_result
 from ..api.gate import check_thresholds
+from ..api.phases import TERMINAL, Phase, PodPhase
 from ..pricing import PriceTable
 from .attempts import Placement, cost_status, merge_attempts
 from .conditions import job_failure, set_condition
 
-WAITING = "WaitingForModel"
 #: The eval Job's container (builders.evaluation.CONTAINER; status may not import builders): its
 #: startedAt/finishedAt bound each attempt's billed span.
 CONTAINER = "eval"
@@ -74,9 +74,9 @@ def reference_state(spec: dict[str, Any], finetunejob: dict[str, Any] | None) ->
     if finetunejob is None:
         return "waiting", "FineTuneJobNotFound", f"FineTuneJob {ref} does not exist (yet)"
     phase = (finetunejob.get("status") or {}).get("phase")
-    if phase == "Succeeded":
+    if phase == Phase.SUCCEEDED:
         return "ready", "FineTuneJobSucceeded", f"FineTuneJob {ref} succeeded"
-    if phase == "Failed":
+    if phase == Phase.FAILED:
         failure = (finetunejob.get("status") or {}).get("failure") or {}
         why = ": ".join(x for x in (failure.get("reason"), failure.get("message")) if x)
         return "failed", "ModelFailed", f"FineTuneJob {ref} failed" + (f" ({why})" if why else "")
@@ -94,7 +94,7 @@ def compute_status(resource: dict[str, Any], finetunejob: dict[str, Any] | None,
     old = dict(resource.get("status") or {})
     spec = resource.get("spec") or {}
     gen = resource.get("metadata", {}).get("generation")
-    if old.get("phase") in ("Succeeded", "Failed") and old.get("jobName") and (job is None or not pods):
+    if old.get("phase") in TERMINAL and old.get("jobName") and (job is None or not pods):
         # Finished, and its pods (or Job) have since been deleted by a person, a TTL or node GC: the record
         # stands, cost included. Recomputing would read "no result" as a failure and clear the results.
         return {**old, "observedGeneration": gen}
@@ -107,43 +107,44 @@ def compute_status(resource: dict[str, Any], finetunejob: dict[str, Any] | None,
     failure: dict[str, str] | None = None
     attempts = merge_attempts(old.get("attempts"), pods, now, CONTAINER)
     result, raw = latest_result(pods)
-    running = [p for p in pods if p.get("status", {}).get("phase") == "Running"
+    running = [p for p in pods if p.get("status", {}).get("phase") == PodPhase.RUNNING
                and not p.get("metadata", {}).get("deletionTimestamp")]
     complete = _job_condition(job, "Complete", "SuccessCriteriaMet")
     failed = _job_condition(job, "Failed", "FailureTarget")
     completion = None
+    phase: Phase
 
     if job is None and ref_state == "failed":
-        phase, failure = "Failed", {"reason": ref_reason, "message": ref_message}
+        phase, failure = Phase.FAILED, {"reason": ref_reason, "message": ref_message}
     elif job is None and ref_state == "waiting":
-        phase = WAITING
+        phase = Phase.WAITING_FOR_MODEL
     elif job is None:
-        phase = "Pending"
+        phase = Phase.PENDING
     elif complete:
-        if result is not None and result.phase == "Succeeded":
-            phase = "Succeeded"
+        if result is not None and result.phase == Phase.SUCCEEDED:
+            phase = Phase.SUCCEEDED
         else:
-            phase = "Failed"
+            phase = Phase.FAILED
             failure = {"reason": "NoResult", "message": "the eval Job completed without a readable result" + (
                 f"; output: {raw.strip()[-500:]}" if raw else "")}
         completion = job.get("status", {}).get("completionTime") or complete.get("lastTransitionTime")
     elif failed:
-        phase = "Failed"
+        phase = Phase.FAILED
         completion = failed.get("lastTransitionTime")
         failure = job_failure(failed, result, raw, "eval", attempts)
     elif (job.get("spec") or {}).get("suspend"):
-        phase = "Suspended"
+        phase = Phase.SUSPENDED
     elif running:
-        phase = "Running"
+        phase = Phase.RUNNING
     else:
-        phase = "Pending"
+        phase = Phase.PENDING
 
     if job_name and job is not None:
         out["jobName"] = job_name
     start = (job or {}).get("status", {}).get("startTime")
     if start:
         out["startTime"] = start
-    if completion and phase in ("Succeeded", "Failed"):
+    if completion and phase in TERMINAL:
         out["completionTime"] = completion
 
     if attempts:
@@ -151,9 +152,9 @@ def compute_status(resource: dict[str, Any], finetunejob: dict[str, Any] | None,
     if placement is not None and prices is not None:
         # Burn rate only while Running: a finished or suspended Evaluation spends nothing more.
         out["cost"] = cost_status(attempts, placement.accelerator, placement.count, placement.spot, prices, now,
-                                  running=phase == "Running")
+                                  running=phase == Phase.RUNNING)
 
-    if phase == "Succeeded" and result is not None:
+    if phase == Phase.SUCCEEDED and result is not None:
         if result.results is not None:
             # Four significant digits in status: what kubectl shows; the full numbers are in results.json.
             out["results"] = _rounded(result.results.model_dump(by_alias=True, exclude_none=True, mode="json"))
@@ -176,19 +177,19 @@ def compute_status(resource: dict[str, Any], finetunejob: dict[str, Any] | None,
             n = len(spec.get("thresholds") or {})
             conds = set_condition(conds, "Passed", True, "ThresholdsMet" if n else "NoThresholds",
                                   f"all {n} threshold(s) met" if n else "no thresholds set", gen)
-    elif phase == "Failed":
+    elif phase == Phase.FAILED:
         out["passed"] = False
         conds = set_condition(conds, "Passed", False, (failure or {}).get("reason", "Failed"),
                               "the evaluation did not complete", gen)
     else:
-        conds = set_condition(conds, "Passed", "Unknown", phase, "not evaluated yet", gen)
+        conds = set_condition(conds, "Passed", "Unknown", phase.value, "not evaluated yet", gen)
 
-    conds = set_condition(conds, "Complete", phase == "Succeeded", "Succeeded" if phase == "Succeeded" else phase,
-                          "evaluation finished" if phase == "Succeeded" else "", gen)
-    conds = set_condition(conds, "Failed", phase == "Failed", (failure or {}).get("reason", "NoFailure"),
+    conds = set_condition(conds, "Complete", phase == Phase.SUCCEEDED, phase.value,
+                          "evaluation finished" if phase == Phase.SUCCEEDED else "", gen)
+    conds = set_condition(conds, "Failed", phase == Phase.FAILED, (failure or {}).get("reason", "NoFailure"),
                           (failure or {}).get("message", ""), gen)
     out["conditions"] = conds
-    out["phase"] = phase
+    out["phase"] = phase.value
     if failure:
         out["failure"] = failure
     return out

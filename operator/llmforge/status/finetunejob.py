@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from ..api.contract import EXIT_PREEMPTED, PROGRESS_METRICS, TrainResult, decode_result
+from ..api.phases import TERMINAL, Phase, PodPhase
 from ..pricing import PriceTable
 from .attempts import Placement, container_status, cost_status, fmt_time, merge_attempts, parse_time
 from .conditions import job_failure, set_condition
@@ -143,14 +144,14 @@ def compute_status(resource: dict[str, Any], job: dict[str, Any] | None, pods: l
     old = dict(resource.get("status") or {})
     spec = resource.get("spec") or {}
     gen = resource.get("metadata", {}).get("generation")
-    if job is None and old.get("phase") in ("Succeeded", "Failed") and old.get("jobName"):
+    if job is None and old.get("phase") in TERMINAL and old.get("jobName"):
         # Finished, and the Job has since been deleted (by a person or a TTL): the record stands.
         return {**old, "observedGeneration": gen}
     conds = list(old.get("conditions") or [])
     attempts = merge_attempts(old.get("attempts"), pods, now)
-    running_pods = [p for p in pods if p.get("status", {}).get("phase") == "Running"
+    running_pods = [p for p in pods if p.get("status", {}).get("phase") == PodPhase.RUNNING
                     and not p.get("metadata", {}).get("deletionTimestamp")]
-    succeeded_pods = [p for p in pods if p.get("status", {}).get("phase") == "Succeeded"]
+    succeeded_pods = [p for p in pods if p.get("status", {}).get("phase") == PodPhase.SUCCEEDED]
     out: dict[str, Any] = {"observedGeneration": gen, "jobName": job_name,
                            "gpu": _gpu(placement), "attempts": attempts,
                            "restarts": max(0, len(attempts) - 1)}
@@ -186,15 +187,16 @@ def compute_status(resource: dict[str, Any], job: dict[str, Any] | None, pods: l
     failure: dict[str, Any] | None = None
     suspended = (False, "NotSuspended", "")
     completion: datetime | None = None
+    phase: Phase
 
     if budget_stopped(old) and not complete:
-        phase, failure = "Failed", old["failure"]
+        phase, failure = Phase.FAILED, old["failure"]
         suspended = (True, BUDGET_EXCEEDED, "Job suspended by the operator: budget exhausted")
         completion = parse_time(old.get("completionTime")) or now
     elif job is None:
-        phase = "Pending"
+        phase = Phase.PENDING
     elif complete:
-        phase = "Succeeded"
+        phase = Phase.SUCCEEDED
         completion = parse_time(job.get("status", {}).get("completionTime")) or parse_time(
             complete.get("lastTransitionTime")) or now
         if result and result.total_steps:
@@ -202,27 +204,27 @@ def compute_status(resource: dict[str, Any], job: dict[str, Any] | None, pods: l
             prog = {**(prog or {}), "step": step, "totalSteps": result.total_steps, "percent": 100.0,
                     "summary": f"100% {step}/{result.total_steps}", "etaSeconds": 0.0}
     elif failed:
-        phase = "Failed"
+        phase = Phase.FAILED
         completion = parse_time(failed.get("lastTransitionTime")) or now
         failure = job_failure(failed, result, raw_message, "trainer", attempts)
     elif suspended_job:
-        phase = "Suspended"
+        phase = Phase.SUSPENDED
         suspended = (True, "SuspendedByUser", "spec.suspend is true; set it to false to resume from the checkpoint")
     elif running_pods or succeeded_pods:
         # A pod that exited 0 ends the Job; until the Job controller says so it is still Running, not back
         # to Pending (that flip cost a status write and an Event for a third of the jobs at scale).
-        phase = "Running"
+        phase = Phase.RUNNING
     else:
-        phase = "Pending"
+        phase = Phase.PENDING
 
     # Budget: stop when accrued or projected cost would pass the cap.
     max_usd = (spec.get("budget") or {}).get("maxCostUSD")
-    if max_usd and phase in ("Running", "Pending") and not budget_stopped(old):
+    if max_usd and phase in (Phase.RUNNING, Phase.PENDING) and not budget_stopped(old):
         projected = projected_usd(cost, prog)
         if cost["usd"] >= max_usd or (projected is not None and projected > max_usd):
             what = (f"accrued ${cost['usd']:.2f}" if cost["usd"] >= max_usd
                     else f"projected ${projected:.2f} (accrued ${cost['usd']:.2f})")
-            phase = "Failed"
+            phase = Phase.FAILED
             failure = {"reason": BUDGET_EXCEEDED, "message": (
                 f"{what} passes budget.maxCostUSD ${max_usd:g}; Job suspended, checkpoint and partial adapter "
                 "kept")}
@@ -230,43 +232,44 @@ def compute_status(resource: dict[str, Any], job: dict[str, Any] | None, pods: l
             completion = now
 
     # Conditions.
-    pending_reason = _pending_reason(pods) if phase == "Pending" and job is not None else ("", "")
-    if phase == "Pending" and not pods and create_error:
+    pending_reason = _pending_reason(pods) if phase == Phase.PENDING and job is not None else ("", "")
+    if phase == Phase.PENDING and not pods and create_error:
         pending_reason = ("FailedCreate", create_error)
-    if job is None and phase != "Failed":
+    if job is None and phase != Phase.FAILED:
         conds = set_condition(conds, "JobCreated", False, "NotCreated", "the Job has not been created yet", gen)
     elif job is not None:
         conds = set_condition(conds, "JobCreated", True, "Created", f"Job {job_name}", gen)
-    if phase == "Running" and running_pods:
+    if phase == Phase.RUNNING and running_pods:
         conds = set_condition(conds, "Running", True, "PodRunning",
                               f"pod {running_pods[0]['metadata'].get('name')} on {running_pods[0].get('spec', {}).get('nodeName')}",
                               gen)
-    elif phase == "Running":
+    elif phase == Phase.RUNNING:
         conds = set_condition(conds, "Running", True, "Completing",
                               f"pod {succeeded_pods[-1]['metadata'].get('name')} succeeded; the Job is completing",
                               gen)
-    elif phase == "Pending":
+    elif phase == Phase.PENDING:
         conds = set_condition(conds, "Running", False, pending_reason[0] or "NotCreated", pending_reason[1], gen)
     else:
-        conds = set_condition(conds, "Running", False, phase, "", gen)
-    conds = set_condition(conds, "Complete", phase == "Succeeded", "Succeeded" if phase == "Succeeded" else
-                          "NotComplete", "training finished" if phase == "Succeeded" else "", gen)
-    conds = set_condition(conds, "Failed", phase == "Failed", (failure or {}).get("reason", "NoFailure"),
+        conds = set_condition(conds, "Running", False, phase.value, "", gen)
+    done = phase == Phase.SUCCEEDED
+    conds = set_condition(conds, "Complete", done, phase.value if done else "NotComplete",
+                          "training finished" if done else "", gen)
+    conds = set_condition(conds, "Failed", phase == Phase.FAILED, (failure or {}).get("reason", "NoFailure"),
                           (failure or {}).get("message", ""), gen)
     conds = set_condition(conds, "Suspended", suspended[0], suspended[1], suspended[2], gen)
     out["conditions"] = conds
-    out["phase"] = phase
+    out["phase"] = phase.value
     if failure:
         out["failure"] = failure
     if prog:
         out["progress"] = prog
     if start:
         out["startTime"] = fmt_time(start)
-        end = completion if phase in ("Succeeded", "Failed") else now
+        end = completion if phase in TERMINAL else now
         out["durationSeconds"] = round(max(0.0, ((end or now) - start).total_seconds()), 1)
-    if completion and phase in ("Succeeded", "Failed"):
+    if completion and phase in TERMINAL:
         out["completionTime"] = fmt_time(completion)
-    if phase in ("Succeeded", "Failed"):
+    if phase in TERMINAL:
         cost["usdPerHour"] = 0.0
     return out
 

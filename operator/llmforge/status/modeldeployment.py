@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..api.modeldeployment import VariantStatus
+from ..api.phases import DeploymentPhase, PromotionPhase
 from ..promotion import Decision
 from .conditions import set_condition
 from .servingmetrics import VariantMetrics
@@ -260,10 +261,10 @@ def compute_status(body: dict[str, Any], variants: list[ObservedVariant], cost: 
         cond("RolledBack", False, reason, "")
     else:
         st = decision.state
-        if st.phase == "Progressing":
+        if st.phase == PromotionPhase.PROGRESSING:
             cond("Promoting", True, decision.action if decision.action != "Hold" else "Holding", decision.reason)
             cond("RolledBack", False, "NotRolledBack", "")
-        elif st.phase == "Promoted":
+        elif st.phase == PromotionPhase.PROMOTED:
             cond("Promoting", False, "Promoted", decision.reason if decision.transition else "canary promoted")
             cond("RolledBack", False, "NotRolledBack", "")
         else:
@@ -279,14 +280,15 @@ def compute_status(body: dict[str, Any], variants: list[ObservedVariant], cost: 
     prev_available = next((c for c in prev.get("conditions") or [] if c.get("type") == "Available"), None)
     degraded = any(deadline_exceeded(v.deployment) for v in variants) or (
         stable_ready == 0 and prev_available is not None and prev_available.get("status") == "True")
-    phase = "Ready" if ready_cond["status"] == "True" else ("Degraded" if degraded else "Progressing")
+    phase = DeploymentPhase.READY if ready_cond["status"] == "True" else (
+        DeploymentPhase.DEGRADED if degraded else DeploymentPhase.PROGRESSING)
 
     usd_per_hour = sum(int(_dstatus(v.deployment).get("replicas") or 0) for v in variants) \
         * cost.gpus_per_replica * cost.rate_per_gpu_hour
     desired = sum(desired_replicas(v) for v in variants)
     ready = sum(int(_dstatus(v.deployment).get("readyReplicas") or 0) for v in variants)
     out.update(
-        phase=phase, observedGeneration=gen, conditions=conds, endpoint=endpoint, ready=f"{ready}/{desired}",
+        phase=phase.value, observedGeneration=gen, conditions=conds, endpoint=endpoint, ready=f"{ready}/{desired}",
         variants=[variant_status(v, cost) for v in variants],
         cost=accrue_cost(prev.get("cost"), usd_per_hour, cost, now),
     )
