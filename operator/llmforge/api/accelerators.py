@@ -100,6 +100,8 @@ GPU_COUNTS: dict[str, tuple[int, ...]] = {a: tuple(sorted(g.machines)) for a, g 
 #: Counts `auto` admits: those some accelerator offers.
 AUTO_COUNTS: tuple[int, ...] = tuple(sorted({n for g in CATALOGUE.values() for n in g.machines}))
 MAX_COUNT = AUTO_COUNTS[-1]
+#: The admitted counts in words, for the CRD's description of resources.count (kubectl explain).
+COUNTS_TEXT = "; ".join(f"{a} {', '.join(map(str, c))}" for a, c in GPU_COUNTS.items())
 #: Default rates, USD per GPU-hour (per pod-hour for cpu): accelerator -> (on demand, spot).
 DEFAULT_RATES: dict[str, tuple[float, float]] = {
     **{a: (g.on_demand, g.spot) for a, g in CATALOGUE.items()}, CPU: CPU_RATE}

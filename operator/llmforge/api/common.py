@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from .accelerators import MAX_COUNT
+from .accelerators import COUNTS_TEXT, MAX_COUNT
 
 # The schema's enum: auto, cpu and the catalogue's labels (accelerators.CATALOGUE), spelled out so type checkers
 # see the literals; tests/unit/test_accelerator_catalogue.py fails if the two lists part.
@@ -101,8 +101,10 @@ class Resources(ApiModel):
     accelerator: Accelerator = "auto"
     """GKE accelerator label value (cloud.google.com/gke-accelerator), `auto` for the cheapest that fits,
     or `cpu` for no GPU (tiny models, demos)."""
-    count: int = Field(default=1, ge=1, le=MAX_COUNT)
-    """GPUs per pod."""
+    # Described from the catalogue (not a docstring), so `kubectl explain` lists the counts validation admits.
+    count: int = Field(default=1, ge=1, le=MAX_COUNT, description=(
+        f"GPUs per pod: a count that a GKE machine of the accelerator carries ({COUNTS_TEXT}); auto takes any "
+        "of these, cpu only 1. Other counts are rejected."))
     spot: bool = False
     """Run on spot VMs (cheaper, preemptible). Training resumes from the last checkpoint after preemption."""
     cpu: str | None = Field(default=None, max_length=32)
