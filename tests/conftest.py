@@ -3,6 +3,7 @@
 pytest_plugins = [
     "tests.fixtures.cluster",
     "tests.fixtures.ml",
+    "tests.fixtures.realnode",
     "tests.fixtures.services",
     "tests.fixtures.vllm",
 ]

@@ -1,4 +1,5 @@
-"""Find the control-plane binaries (etcd, kube-*, kwok, helm) that scripts/build-k8s.sh compiles.
+"""Find the binaries that scripts/build-k8s.sh compiles: the control plane (etcd, kube-*, kwok), the tools
+(kubectl, helm) and the real node's (kubelet, kube-proxy, containerd, its runc shim, ctr).
 
 Lookup order per binary: $KUBEBUILDER_ASSETS, then the build cache
 ${LLMFORGE_CACHE:-~/.cache/llmforge}/k8s/<k8s-version>/. `ensure_assets(build=True)` runs the build
@@ -14,6 +15,7 @@ from pathlib import Path
 K8S_VERSION = "1.34.4"  # keep in step with LLMFORGE_K8S_VERSION's default in scripts/build-k8s.sh
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 TOOLS = ("kubectl", "helm")
+NODE = ("kubelet", "kube-proxy", "containerd", "containerd-shim-runc-v2", "ctr")  # realnode.RealNode
 ALL_BINARIES = CONTROL_PLANE + TOOLS
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
