@@ -168,6 +168,7 @@ def test_pod_deletion_sends_sigterm_to_pid_1(real_node, busybox_image, core, k8s
             return e.status == 404
     wait_for(gone, timeout=40, what="pod 'term' deleted")
     elapsed = time.monotonic() - t0
+    print(f"pod delete -> gone: {elapsed:.2f} s")
     assert (out / "marker").read_text() == "TERM pid=1\n"
     assert elapsed < 10, f"deletion took {elapsed:.1f} s of the 30 s grace period: SIGTERM did not end PID 1"
 
