@@ -87,13 +87,13 @@ def unavailable() -> str | None:
     if absent:
         return (f"missing {', '.join(absent)} in {', '.join(map(str, assets.search_dirs()))}: "
                 "run `make setup-k8s` (scripts/build-k8s.sh builds them)")
-    packages = {pkg: cmd for cmd, (pkg, _) in HOST_COMMANDS.items() if _which(cmd) is None}
+    packages = {pkg: f"{cmd}: {why}" for cmd, (pkg, why) in HOST_COMMANDS.items() if _which(cmd) is None}
     if _which("nft") is None and "nf_tables" in _iptables_version():
-        packages["nftables"] = "nft deletes the empty iptables-nft tables the kubelet and kube-proxy leave"
+        packages["nftables"] = "nft: deletes the empty iptables-nft tables the kubelet and kube-proxy leave"
     if cni_bin_dir() is None:
-        packages["containernetworking-plugins"] = f"the bridge, host-local and loopback CNI plugins in {CNI_DIRS}"
+        packages["containernetworking-plugins"] = f"bridge, host-local, loopback: CNI plugins, in one of {CNI_DIRS}"
     if _which("gcc") and not Path(_gcc_libc()).is_absolute():
-        packages["libc6-dev"] = "libc.a, to link the pause container statically"
+        packages["libc6-dev"] = "libc.a: links the pause container statically"
     if packages:
         return (f"missing host packages {', '.join(sorted(packages))} ({'; '.join(packages.values())}): "
                 f"apt-get install -y --no-install-recommends {' '.join(sorted(packages))} "
@@ -309,7 +309,9 @@ class RealNode:
         if kubelet and kubelet.alive():
             try:  # while the kubelet runs, so that it stops the sandboxes: veths and pod IPs are released
                 self._delete_pods()
-            except (OSError, ApiError, RealNodeError) as e:
+            except OSError:
+                pass  # the control plane is gone already: the host clean-up below kills and unmounts the pods
+            except (ApiError, RealNodeError) as e:
                 errors.append(f"delete pods: {e}")
         if proxy:
             stop_all([proxy])
