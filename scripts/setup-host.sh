@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Debian packages the image builds and the real node need: buildah and mmdebstrap (images without Docker or a
-# registry), runc, the CNI plugins, iptables and conntrack (containerd, kubelet and kube-proxy are built from Go
-# modules by build-k8s.sh), busybox-static (the node tests' tiny image). Installs only what is missing, and only
+# registry); runc, the CNI plugins, iptables, nftables, conntrack, iproute2, gcc and openssl for the node
+# (containerd, kubelet and kube-proxy themselves are built from Go modules by build-k8s.sh); busybox-static
+# (the node tests' tiny image). Installs only what is missing, and only
 # as root: elsewhere it says what is missing and exits 0, and the container and real-node test tiers skip with
 # that reason (never under CI=true, where they fail instead).
 set -euo pipefail
-PACKAGES=(buildah mmdebstrap runc containernetworking-plugins iptables conntrack busybox-static uidmap)
+PACKAGES=(buildah mmdebstrap runc containernetworking-plugins iptables nftables conntrack iproute2 gcc libc6-dev openssl
+  busybox-static uidmap)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
