@@ -36,7 +36,7 @@ def _wait(what: str, check, timeout: float, cluster=None, name: str = ""):
     detail = ""
     if cluster is not None and name:
         detail = json.dumps(_get(cluster, "finetunejob", name).get("status"), indent=1)[-3000:]
-        detail += demo.kubectl(cluster.kubeconfig, "-n", NS, "get", "pods", "-o", "wide", check=False)
+        detail += "\n" + nodedemo.diagnose(cluster.kubeconfig)
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{detail}")
 
 

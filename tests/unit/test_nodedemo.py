@@ -55,5 +55,6 @@ def test_operator_pod_uses_its_kubeconfig_secret_and_no_service_account_token(tm
 def test_fake_gcs_service_has_the_fixed_cluster_ip_its_urls_name():
     _, deployment, service = nodedemo.storage_manifests("localhost/llmforge/fake-gcs:x")
     assert service["spec"]["clusterIP"] == nodedemo.GCS_IP
-    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert args[0] == "/fake-gcs-server"  # the one-file image has a Cmd, no Entrypoint: args alone would replace it
     assert args[args.index("-external-url") + 1] == nodedemo.GCS_URL

@@ -81,8 +81,14 @@ def storage_manifests(image: str) -> list[dict[str, Any]]:
     labels = {"app.kubernetes.io/name": "fake-gcs"}
     args = ["-scheme", "http", "-host", "0.0.0.0", "-port", str(GCS_PORT), "-backend", "memory",
             "-log-level", "warn", "-external-url", GCS_URL, "-public-host", f"{GCS_IP}:{GCS_PORT}"]
+    # A Go binary as PID 1 ignores SIGTERM (no handler, and the kernel drops default-action signals to PID 1):
+    # without a short grace period every deletion waits the full 30 s for SIGKILL.
     pod = {"securityContext": {"runAsNonRoot": True, "runAsUser": USER, "runAsGroup": USER},
-           "containers": [{"name": "fake-gcs", "image": image, "imagePullPolicy": "Never", "args": args,
+           "terminationGracePeriodSeconds": 2,
+           # Service links would set FAKE_GCS_PORT=tcp://..., which fake-gcs-server reads as its own port setting.
+           "enableServiceLinks": False,
+           "containers": [{"name": "fake-gcs", "image": image, "imagePullPolicy": "Never",
+                           "command": ["/fake-gcs-server", *args],
                            "ports": [{"name": "http", "containerPort": GCS_PORT}],
                            "readinessProbe": {"httpGet": {"path": "/storage/v1/b", "port": "http"},
                                               "periodSeconds": 1},
@@ -164,7 +170,7 @@ def fake_gcs_image(node, work: Path) -> str:
     if ref not in node.images():
         archive = work / "fake-gcs.tar"
         single_layer_image({"/fake-gcs-server": Path(_get_binary_path())}, archive, ref, ["/fake-gcs-server"],
-                           user=str(USER))
+                           user=f"{USER}:{USER}")
         node.import_image(archive)
         archive.unlink()
     return ref
@@ -219,12 +225,12 @@ def start_platform(cluster: LocalCluster, node, work: Path, say: Callable[[str],
     demo.kubectl(kubeconfig, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
     say(f"fake-gcs-server on the node at {GCS_URL}; seeding the tiny Llama and its data")
     apply(kubeconfig, storage_manifests(gcs))
-    demo.kubectl(kubeconfig, "-n", NAMESPACE, "rollout", "status", "deployment/fake-gcs", "--timeout=120s")
+    demo.kubectl(kubeconfig, "-n", NAMESPACE, "rollout", "status", "deployment/fake-gcs", "--timeout=110s")
     seed(work / "assets")
     say("the operator image on the node")
     apply(kubeconfig, operator_manifests(kubeconfig, free_port(), free_port()))
     demo.kubectl(kubeconfig, "-n", NAMESPACE, "rollout", "status", "deployment/llmforge-operator",
-                 "--timeout=180s")
+                 "--timeout=110s")
 
 
 def run_quickstart(cluster: LocalCluster, timeout: float, out_dir: Path) -> dict[str, str]:
@@ -242,6 +248,18 @@ def run_quickstart(cluster: LocalCluster, timeout: float, out_dir: Path) -> dict
         print(f"POST http://{ip}:8000/v1/chat/completions (the Service's ClusterIP, through kube-proxy)\n"
               f"prompt: {prompt}\ncompletion: {text!r}")
     return state
+
+
+def diagnose(kubeconfig: str, lines: int = 30) -> str:
+    """Pods on the node and the tail of each one's log: what to read when the flow did not finish."""
+    out = [demo.kubectl(kubeconfig, "get", "pods", "-A", "-o", "wide", check=False)]
+    pods = demo.kubectl(kubeconfig, "-n", NAMESPACE, "get", "pods", "-o", "name", check=False).split()
+    for pod in pods:
+        out.append(f"--- {pod} ---\n" + demo.kubectl(kubeconfig, "-n", NAMESPACE, "logs", pod, "--all-containers",
+                                                      f"--tail={lines}", check=False))
+    events = demo.kubectl(kubeconfig, "-n", NAMESPACE, "get", "events", "--field-selector", "type=Warning",
+                          check=False)
+    return "\n".join(out + ["--- warning events ---", events])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,10 +290,15 @@ def main(argv: list[str] | None = None) -> int:
         demo.say(f"3/4 applying {QUICKSTART.relative_to(assets.REPO_ROOT)} (cpu {POD_CPU} per pod)")
         demo.say("4/4 training, evaluating and serving in the real images")
         state = run_quickstart(cluster, args.timeout, ROOT)
-        print(demo.kubectl(cluster.kubeconfig, "get", "pods", "-A", "-o", "wide"))
+        print(demo.kubectl(cluster.kubeconfig, "-n", NAMESPACE, "get", "pods", "-o", "wide"))
         print(f"\ndemo-node finished in {time.monotonic() - started:.0f}s: {state}")
         ok = state.get("FineTuneJob") == "Succeeded" and state.get("ModelDeployment") == "Ready"
+        if not ok:
+            print(diagnose(cluster.kubeconfig))
         return 0 if ok else 1
+    except Exception:
+        print(diagnose(cluster.kubeconfig))
+        raise
     finally:
         if not args.keep:
             if node is not None:

@@ -341,12 +341,18 @@ class RealNode:
         deadline = time.monotonic() + timeout
         ipam = self._dir("cni", "ipam", NETWORK)
         while time.monotonic() < deadline:
-            tasks = self.ctr("tasks", "ls", "-q", check=False).stdout.split()
+            tasks = self._live_tasks()
             ips = [p for p in ipam.glob("*") if p.name[0].isdigit()] if ipam.is_dir() else []
             if not tasks and not ips:
                 return
             time.sleep(0.2)
         raise RealNodeError(f"pods not gone after {timeout:.0f}s (tasks {tasks}, pod IPs {[p.name for p in ips]})")
+
+    def _live_tasks(self) -> list[str]:
+        """Tasks still running. A finished container's task stays listed as STOPPED until the kubelet's
+        garbage collection (about a minute later) or _remove_containers() deletes it: not worth waiting for."""
+        rows = self.ctr("tasks", "ls", check=False).stdout.splitlines()[1:]
+        return [cols[0] for cols in map(str.split, rows) if cols and cols[-1] != "STOPPED"]
 
     def _remove_containers(self) -> None:
         """Remove every container and sandbox from containerd's metadata (never images)."""
