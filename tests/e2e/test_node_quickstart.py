@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from llmforge.api.contract import decode_result
+from llmforge.api.contract import TrainResult, decode_result
 from llmforge.devcluster import demo, nodedemo
 
 pytestmark = [pytest.mark.k8s, pytest.mark.node, pytest.mark.slow]
@@ -46,8 +46,11 @@ def platform(k8s_cluster, real_node, tmp_path_factory):
     work = tmp_path_factory.mktemp("node-quickstart")
     nodedemo.start_platform(cluster, real_node, work)
     yield SimpleNamespace(cluster=cluster, node=real_node, work=work)
-    # The operator watches every namespace: it must be gone before other modules start their own.
-    demo.kubectl(cluster.kubeconfig, "delete", "namespace", NS, "--wait=true", "--timeout=180s", check=False)
+    # The operator watches every namespace: it must be gone before other modules start their own. Its
+    # resources go first, while it still runs to release their finalizers; then the namespace.
+    demo.kubectl(cluster.kubeconfig, "-n", NS, "delete", "finetunejobs,evaluations,modeldeployments", "--all",
+                 "--wait=true", "--timeout=100s", check=False)
+    demo.kubectl(cluster.kubeconfig, "delete", "namespace", NS, "--wait=true", "--timeout=100s", check=False)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +108,7 @@ def test_trainer_result_is_the_termination_message_the_kubelet_read(quickstart, 
     trainer = pods[0]
     term = trainer["status"]["containerStatuses"][0]["state"]["terminated"]
     assert term["exitCode"] == 0 and term["reason"] == "Completed"
-    result = decode_result(term["message"], "train")
+    result = decode_result(term["message"], TrainResult)
     assert result.phase == "Succeeded" and result.step == 20
     assert result.output.adapter_uri == quickstart.objs["FineTuneJob"]["status"]["output"]["adapterUri"]
 
@@ -132,7 +135,8 @@ def test_pod_deleted_mid_training_gets_sigterm_and_the_next_pod_resumes(platform
     pods = _get(cluster, "pods", "-l", "job-name=resume-train")["items"]
     last = [p for p in pods if p["metadata"]["uid"] != first[0]["metadata"]["uid"]]
     assert last, "no second pod"
-    result = decode_result(last[0]["status"]["containerStatuses"][0]["state"]["terminated"]["message"], "train")
+    result = decode_result(last[0]["status"]["containerStatuses"][0]["state"]["terminated"]["message"],
+                           TrainResult)
     assert result.phase == "Succeeded" and result.step == 80
     assert result.resumed_from_step and result.resumed_from_step >= 10, result
 

@@ -19,11 +19,13 @@ own and are built where a registry is reachable.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -204,8 +206,7 @@ def imported_ids(ctr: Callable[..., subprocess.CompletedProcess]) -> dict[str, s
 
 def load_into(ctr: Callable[..., subprocess.CompletedProcess], import_archive: Callable[[Path], None],
               refs: tuple[str, ...] = APP_IMAGES, log: Callable[[str], None] = print) -> list[str]:
-    """Export each image that containerd lacks (or holds an older build of) and import it. Uncompressed
-    docker-archives: gzip would cost ~10 s per GB twice over, for files that live a minute."""
+    """Stream each image that containerd lacks (or holds an older build of) from buildah into it."""
     have = imported_ids(ctr)
     loaded = []
     for ref in refs:
@@ -215,18 +216,36 @@ def load_into(ctr: Callable[..., subprocess.CompletedProcess], import_archive: C
         if have.get(ref) == want:
             log(f"{ref}: already in containerd")
             continue
-        archive = STORE / f"{ref.rsplit('/', 1)[-1].replace(':', '_')}.tar"
-        archive.unlink(missing_ok=True)
-        try:
-            _run(buildah_argv("push", "--quiet", ref, f"docker-archive:{archive}:{ref}"), f"{ref}: export", log)
-            started = time.monotonic()
-            import_archive(archive)
-            log(f"{ref}: import {time.monotonic() - started:.0f}s")
-        finally:
-            archive.unlink(missing_ok=True)
+        started = time.monotonic()
+        stream(ref, import_archive)
         ctr("images", "label", ref, f"{ID_LABEL}={want}")
+        log(f"{ref}: exported and imported in {time.monotonic() - started:.0f}s")
         loaded.append(ref)
     return loaded
+
+
+def stream(ref: str, import_archive: Callable[[Path], None]) -> None:
+    """buildah writes an uncompressed docker-archive into a FIFO while containerd imports from it: the two
+    run side by side and no multi-GB file is written (gzip would cost ~10 s per GB at each end)."""
+    fifo = STORE / f"{ref.rsplit('/', 1)[-1].replace(':', '_')}.fifo"
+    fifo.unlink(missing_ok=True)
+    os.mkfifo(fifo)
+    push = subprocess.Popen(buildah_argv("push", "--quiet", ref, f"docker-archive:{fifo}:{ref}"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def release_reader() -> None:  # if buildah dies before it opens the FIFO, the importer must not block
+        push.wait()
+        with contextlib.suppress(OSError):  # ENXIO: the importer is gone already
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    threading.Thread(target=release_reader, daemon=True).start()
+    try:
+        import_archive(fifo)
+    finally:
+        _, err = push.communicate()
+        fifo.unlink(missing_ok=True)
+    if push.returncode != 0:
+        raise ImageError(f"{ref}: buildah push failed (exit {push.returncode}): {err.strip()[-2000:]}")
 
 
 def main(argv: list[str] | None = None) -> int:
