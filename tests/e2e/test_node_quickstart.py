@@ -101,6 +101,24 @@ def test_every_pod_ran_a_local_image_on_the_real_node_as_non_root(quickstart, pl
         assert pod["spec"]["securityContext"]["runAsUser"] == 10001
 
 
+def test_operator_image_serves_healthz_and_its_metrics(quickstart, platform):
+    """The operator runs from its image on the node (host network): its probes and /metrics answer."""
+    import urllib.request
+
+    deployment = _get(platform.cluster, "deployment", "llmforge-operator")
+    pod = deployment["spec"]["template"]["spec"]
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    assert deployment["status"]["readyReplicas"] == 1  # the readinessProbe is /healthz
+    with urllib.request.urlopen(env["LLMFORGE_LIVENESS"], timeout=5) as resp:
+        assert resp.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{env['LLMFORGE_METRICS_PORT']}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    assert 'llmforge_resources{kind="FineTuneJob",phase="Succeeded"}' in metrics, metrics[-2000:]
+    running = _get(platform.cluster, "pods", "-l", "app.kubernetes.io/name=llmforge-operator")["items"]
+    assert running[0]["spec"]["containers"][0]["image"] == "llmforge/operator:0.1.0-cpu"
+    assert running[0]["status"]["containerStatuses"][0]["restartCount"] == 0
+
+
 def test_trainer_result_is_the_termination_message_the_kubelet_read(quickstart, platform):
     pods = _get(platform.cluster, "pods", "-l", "app.kubernetes.io/component=trainer,"
                 "llmforge.dev/finetunejob=quickstart")["items"]

@@ -121,6 +121,8 @@ def operator_manifests(kubeconfig: str, liveness_port: int, metrics_port: int) -
                            "env": [{"name": k, "value": v} for k, v in env.items()],
                            "livenessProbe": {"httpGet": {"host": "127.0.0.1", "path": "/healthz",
                                                          "port": liveness_port}, "periodSeconds": 5},
+                           "readinessProbe": {"httpGet": {"host": "127.0.0.1", "path": "/healthz",
+                                                          "port": liveness_port}, "periodSeconds": 2},
                            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
                                          "limits": {"memory": "1Gi"}},
                            "securityContext": _restricted(),

@@ -162,7 +162,7 @@ class RealNode:
         """Import an OCI or docker archive (unpacked for the overlayfs snapshotter the kubelet uses). The packed
         layers are dropped once unpacked: containers run from the snapshots, and keeping both doubles the disk
         (about 10 GB for the trainer and server images)."""
-        self.ctr("images", "import", "--snapshotter", "overlayfs", "--discard-unpacked-layers", str(archive))
+        self.ctr("images", "import", "--local", "--snapshotter", "overlayfs", "--discard-unpacked-layers", str(archive))
 
     def __enter__(self) -> RealNode:
         return self.start()
