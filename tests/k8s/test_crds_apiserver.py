@@ -103,8 +103,8 @@ def _sample(annotation, depth=0):
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
         return _sample(args[0], depth)
-    if origin is typing.Literal:
-        return args[0]
+    if origin is typing.Literal:  # a phase Literal is built from StrEnum members: write the plain string
+        return getattr(args[0], "value", args[0])
     if origin is list:
         return [_sample(args[0], depth + 1)]
     if origin is dict:
