@@ -6,28 +6,17 @@ condition from the scheduler, a Job's Complete condition, pods removed by the ga
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from kubernetes import client
 
 from llmforge.devcluster.nodes import ACCELERATOR_LABEL, GPU_RESOURCE, default_nodes
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.k8s
 
 GPU_TOLERATION = client.V1Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
 
 
-def wait_for(fn, timeout=60, interval=0.5, what="condition"):
-    """Poll `fn` until it returns something truthy; fail with the last value seen."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from kubernetes.client.rest import ApiException
 
 from llmforge.devcluster.realnode import POD_SUBNET, RUNTIME, RUNTIME_LABEL, RealNode, RealNodeError
 from tests.fixtures.realnode import host_state
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.node
 
@@ -28,16 +29,6 @@ def core(k8s_cluster):
     with k8s_cluster.api_client() as api:
         yield client.CoreV1Api(api)
 
-
-def wait_for(fn, timeout=60, interval=0.2, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 def node_pod(name, image, command, *, memory=None, grace=5, labels=None, volumes=(), mounts=(), probe=None,

@@ -38,13 +38,14 @@ class Api:
                 self._ctx = ssl._create_unverified_context()
         return self._ctx
 
-    def request(self, method: str, path: str, body: dict | None = None, timeout: float = 10) -> tuple[int, str]:
+    def request(self, method: str, path: str, body: dict | None = None, timeout: float = 10,
+                content_type: str = "application/json") -> tuple[int, str]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.server + path, data=data, method=method)
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         if data is not None:
-            req.add_header("Content-Type", "application/json")
+            req.add_header("Content-Type", content_type)
         try:
             with urllib.request.urlopen(req, timeout=timeout, context=self.ctx) as resp:
                 return resp.status, resp.read().decode()

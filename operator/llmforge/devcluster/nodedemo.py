@@ -304,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             if node is not None:
+                # The CRs first, while the operator runs to release their finalizers; then everything else.
+                demo.kubectl(cluster.kubeconfig, "-n", NAMESPACE, "delete", "finetunejobs,evaluations,modeldeployments",
+                             "--all", "--wait=true", "--timeout=100s", check=False)
                 node.stop()
             cluster.stop(keep_logs=True)
 

@@ -335,6 +335,11 @@ class RealNode:
 
     def _delete_pods(self, timeout: float = 60) -> None:
         api = self.cluster.api()
+        # Cordon first, as a drain does: a Deployment or Job would otherwise put a new pod here at once.
+        status, text = api.request("PATCH", f"/api/v1/nodes/{self.name}", {"spec": {"unschedulable": True}},
+                                   content_type="application/merge-patch+json")
+        if status != 200:
+            raise RealNodeError(f"cordon {self.name}: HTTP {status}: {text[:300]}")
         pods = api.get_json(f"/api/v1/pods?fieldSelector=spec.nodeName%3D{self.name}")["items"]
         for pod in pods:
             meta = pod["metadata"]
