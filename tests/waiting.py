@@ -7,8 +7,9 @@ import time
 import pytest
 
 
-def wait_for(fn, timeout=60, interval=0.5, what="condition"):
-    """Poll `fn` until it returns something truthy; fail with the last value seen."""
+def wait_for(fn, timeout=60, interval=0.5, what="condition", detail=None):
+    """Poll `fn` until it returns something truthy; fail with the last value seen (and `detail()`, such as
+    logs, when given)."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -16,4 +17,5 @@ def wait_for(fn, timeout=60, interval=0.5, what="condition"):
         if last:
             return last
         time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+    extra = f"\n{detail()}" if detail else ""
+    pytest.fail(f"timed out after {timeout}s waiting for {what}; last value: {last!r}{extra}")

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from types import SimpleNamespace
 
 import pytest
 
 from llmforge.api.contract import TrainResult, decode_result
 from llmforge.devcluster import demo, nodedemo
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.node, pytest.mark.slow]
 NS = nodedemo.NAMESPACE
@@ -26,18 +26,12 @@ def _get(cluster, *args: str) -> dict:
     return json.loads(demo.kubectl(cluster.kubeconfig, "-n", NS, "get", *args, "-o", "json"))
 
 
-def _wait(what: str, check, timeout: float, cluster=None, name: str = ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(2)
-    detail = ""
-    if cluster is not None and name:
-        detail = json.dumps(_get(cluster, "finetunejob", name).get("status"), indent=1)[-3000:]
-        detail += "\n" + nodedemo.diagnose(cluster.kubeconfig)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{detail}")
+def _wait(what: str, check, timeout: float, cluster, name: str):
+    def detail() -> str:  # the FineTuneJob's status, the pods, their logs and the warnings
+        status = json.dumps(_get(cluster, "finetunejob", name).get("status"), indent=1)[-3000:]
+        return f"{status}\n{nodedemo.diagnose(cluster.kubeconfig)}"
+
+    return wait_for(check, timeout=timeout, interval=2, what=what, detail=detail)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +44,11 @@ def platform(k8s_cluster, real_node, tmp_path_factory):
     # resources go first, while it still runs to release their finalizers; then the namespace.
     demo.kubectl(cluster.kubeconfig, "-n", NS, "delete", "finetunejobs,evaluations,modeldeployments", "--all",
                  "--wait=true", "--timeout=100s", check=False)
-    demo.kubectl(cluster.kubeconfig, "delete", "namespace", NS, "--wait=true", "--timeout=100s", check=False)
+    demo.kubectl(cluster.kubeconfig, "-n", NS, "delete", "deployment", "llmforge-operator", "--wait=true",
+                 "--timeout=100s")
+    wait_for(lambda: not _get(cluster, "pods", "-l", "app.kubernetes.io/name=llmforge-operator")["items"],
+             timeout=100, what="the operator pod to be gone")
+    demo.kubectl(cluster.kubeconfig, "delete", "namespace", NS, "--wait=false")
 
 
 @pytest.fixture(scope="module")
