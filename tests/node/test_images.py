@@ -44,12 +44,10 @@ def _run_pod(cluster, namespace: str, image: str, command: list[str], timeout: f
            "spec": {"restartPolicy": "Never", "containers": [{
                "name": "main", "image": image, "imagePullPolicy": "Never", "command": command,
                "resources": {"limits": {"memory": "3Gi"}},
-               "securityContext": nodedemo._restricted(),  # no runAsUser: the image's own USER must be non-root
+               "securityContext": nodedemo.restricted(user=None),  # the image's own USER must be non-root
                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}],
                "securityContext": {"runAsNonRoot": True},
                "volumes": [{"name": "tmp", "emptyDir": {}}], **nodedemo.node_placement()}}
-    pod["spec"]["containers"][0]["securityContext"].pop("runAsUser")
-    pod["spec"]["containers"][0]["securityContext"].pop("runAsGroup")
     nodedemo.apply(cluster.kubeconfig, [pod])
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -56,10 +56,11 @@ def node_placement() -> dict[str, Any]:
             "tolerations": [{"key": key, "operator": "Equal", "value": value, "effect": "NoSchedule"}]}
 
 
-def _restricted(read_only: bool = True) -> dict[str, Any]:
-    return {"runAsNonRoot": True, "runAsUser": USER, "runAsGroup": USER, "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": read_only, "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"}}
+def restricted(user: int | None = USER) -> dict[str, Any]:
+    """Restricted Pod Security on a read-only root; `user=None` leaves the UID to the image's own USER."""
+    ids = {"runAsUser": user, "runAsGroup": user} if user is not None else {}
+    return {"runAsNonRoot": True, **ids, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def workload_env() -> dict[str, str]:
@@ -94,7 +95,7 @@ def storage_manifests(image: str) -> list[dict[str, Any]]:
                                               "periodSeconds": 1},
                            "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
                                          "limits": {"memory": "1Gi"}},
-                           "securityContext": _restricted()}],
+                           "securityContext": restricted()}],
            **node_placement()}
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
@@ -125,7 +126,7 @@ def operator_manifests(kubeconfig: str, liveness_port: int, metrics_port: int) -
                                                           "port": liveness_port}, "periodSeconds": 2},
                            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
                                          "limits": {"memory": "1Gi"}},
-                           "securityContext": _restricted(),
+                           "securityContext": restricted(),
                            "volumeMounts": [{"name": "kube", "mountPath": "/etc/llmforge-kube", "readOnly": True},
                                             {"name": "tmp", "mountPath": "/tmp"}]}],
            "volumes": [{"name": "kube", "secret": {"secretName": "llmforge-operator-kubeconfig"}},
